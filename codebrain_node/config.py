@@ -1,0 +1,280 @@
+"""The node's settings: embedded defaults, then a TOML file, then ``CODEBRAIN_<SECTION>__<KEY>`` variables.
+
+Read once at start (:func:`load_settings`) and passed down; no other module reads the environment. Every value
+remembers where it came from so ``codebrain-node config show`` can say so, and validation names the offending key
+(``dicom.port (env CODEBRAIN_DICOM__PORT): Input should be a valid integer``) instead of printing a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from codebrain_node.contrasts import Contrast
+
+ENV_PREFIX = "CODEBRAIN_"
+CONFIG_ENV = "CODEBRAIN_CONFIG"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "node.toml"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or of the wrong type; the message names the key and its source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_comma_lists(cls, values: Any) -> Any:
+        """Let list settings come from the environment as ``A,B,C`` as well as JSON."""
+        if not isinstance(values, dict):
+            return values
+        for name, field in cls.model_fields.items():
+            value = values.get(name)
+            if isinstance(value, str) and getattr(field.annotation, "__origin__", None) is list:
+                values[name] = [item.strip() for item in value.split(",") if item.strip()]
+        return values
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "codebrain-node"
+
+
+class PathsSettings(_Section):
+    data_dir: Path = Field(default_factory=_default_data_dir)
+
+
+class DatabaseSettings(_Section):
+    #: Empty means ``sqlite:///<data_dir>/codebrain.db``.
+    url: SecretStr = SecretStr("")
+    echo: bool = False
+
+
+class DicomSettings(_Section):
+    ae_title: Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")] = "CODEBRAIN"
+    bind_address: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=1, le=65535)] = 11112
+    allowed_callers: list[str] = Field(default_factory=lambda: ["STORESCU", "PACS"])
+    allowed_hosts: list[str] = Field(default_factory=list)
+    accept_unknown_callers: bool = False
+    max_associations: Annotated[int, Field(ge=1, le=256)] = 10
+    acse_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    dimse_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    network_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = 2048
+
+    @field_validator("allowed_callers")
+    @classmethod
+    def _ae_titles(cls, value: list[str]) -> list[str]:
+        for title in value:
+            if not 0 < len(title.strip()) <= 16:
+                raise ValueError(f"AE title {title!r} must have 1 to 16 characters")
+        return [title.strip() for title in value]
+
+
+class RoutingSettings(_Section):
+    quiet_period_s: Annotated[float, Field(ge=0)] = 60.0
+    check_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    #: Contrasts to synthesise when missing; empty means every contrast the model knows.
+    synthesize: list[Contrast] = Field(default_factory=list)
+
+    @field_validator("synthesize", mode="before")
+    @classmethod
+    def _contrast_aliases(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [Contrast.parse(item) if isinstance(item, str) else item for item in value]
+        return value
+
+
+class Destination(_Section):
+    name: Annotated[str, Field(min_length=1)]
+    kind: Literal["dicom", "folder"]
+    ae_title: str = ""
+    host: str = ""
+    port: Annotated[int, Field(ge=0, le=65535)] = 0
+    path: Path | None = None
+
+
+class ExportSettings(_Section):
+    #: ``auto`` sends on completion; ``review`` waits for a radiologist's approval.
+    policy: Literal["auto", "review"] = "auto"
+    calling_ae_title: Annotated[str, Field(min_length=1, max_length=16)] = "CODEBRAIN"
+    max_attempts: Annotated[int, Field(ge=1)] = 8
+    backoff_initial_s: Annotated[float, Field(gt=0)] = 5.0
+    backoff_max_s: Annotated[float, Field(gt=0)] = 900.0
+    destinations: list[Destination] = Field(default_factory=list)
+
+
+class ModelSettings(_Section):
+    #: Empty means the weights shipped in ``weights/``.
+    weights: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: Annotated[int, Field(ge=1)] = 16
+
+
+class EngineSettings(_Section):
+    workers: Annotated[int, Field(ge=1)] = 1
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    poll_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    #: A claimed job whose worker has been silent this long is taken back.
+    lease_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Section):
+    """Every setting of the node. ``configs/node.toml`` documents each one."""
+
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    #: Where each dotted key's value came from ("default", "file <path>", "env NAME"); filled by load_settings.
+    sources: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @property
+    def database_url(self) -> str:
+        url = self.database.url.get_secret_value()
+        return url or f"sqlite:///{self.paths.data_dir / 'codebrain.db'}"
+
+
+def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings: defaults < ``config_file`` (or ``$CODEBRAIN_CONFIG``) < ``CODEBRAIN_*`` variables."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if config_file is None and environ.get(CONFIG_ENV):
+        config_file = Path(environ[CONFIG_ENV])
+    if config_file is not None:
+        file_values = _read_toml(config_file)
+        raw = file_values
+        for key in _flatten(file_values):
+            sources[key] = f"file {config_file}"
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not section or not key or "__" in key:
+            raise ConfigError(f"{name}: expected CODEBRAIN_<SECTION>__<KEY>")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{name}: [{section}] is not a section")
+        raw[section][key] = _parse_env_value(text)
+        sources[f"{section}.{key}"] = f"env {name}"
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None
+    settings.sources = sources
+    return settings
+
+
+def effective_items(settings: Settings) -> list[tuple[str, str, str]]:
+    """``(dotted key, shown value, source)`` for every setting, secrets masked."""
+    rows = []
+    dumped = settings.model_dump(mode="json")
+    for key, value in _flatten(dumped).items():
+        shown = _mask(key, value, settings)
+        source = settings.sources.get(key) or _source_of_parent(key, settings.sources) or "default"
+        rows.append((key, shown, source))
+    return rows
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _parse_env_value(text: str) -> Any:
+    """Environment values are strings; lists/tables may be given as JSON, lists also as ``a,b,c``."""
+    stripped = text.strip()
+    if stripped[:1] in "[{":
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _source_of_parent(key: str, sources: Mapping[str, str]) -> str | None:
+    while "." in key:
+        key = key.rsplit(".", 1)[0]
+        if key in sources:
+            return sources[key]
+    return None
+
+
+def _mask(key: str, value: Any, settings: Settings) -> str:
+    if key == "database.url":
+        url = settings.database.url.get_secret_value()
+        if not url:
+            return f"(default) {settings.database_url}"
+        return _mask_url_password(url)
+    if any(word in key for word in ("password", "secret", "token")):
+        return "********" if value else ""
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _mask_url_password(url: str) -> str:
+    """Hide the password of ``scheme://user:password@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:********@{host}"
+
+
+def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    """One line per problem, naming the dotted key and where its value came from."""
+    lines = []
+    for error in exc.errors():
+        parts = [str(p) for p in error["loc"] if not isinstance(p, int)]
+        key = ".".join(parts)
+        source = sources.get(key) or _source_of_parent(key, sources)
+        where = f" ({source})" if source else ""
+        message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+        got = "" if error["type"] in ("extra_forbidden", "missing") else f", got {error.get('input')!r}"
+        lines.append(f"{key}{where}: {message}{got}")
+    return "; ".join(lines)

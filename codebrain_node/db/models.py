@@ -1,0 +1,196 @@
+"""The spine of the node: every study, series, instance, job, export and audit event lives here.
+
+The schema is made only by the Alembic migrations in ``alembic/versions``; a test checks that these models and
+the migrations never drift apart. States are stored as short strings (portable across SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _state(enum: type[StrEnum]) -> Enum:
+    # Non-native enum: a VARCHAR on every backend, so adding a state needs no ALTER TYPE.
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=24,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class StudyState(StrEnum):
+    """A study's life (transitions live in ``route/``): receiving → stable → queued → imputing → written →
+    awaiting_review → exported, or ignored (nothing to do), rejected, failed, dead_letter."""
+
+    RECEIVING = "receiving"
+    STABLE = "stable"
+    QUEUED = "queued"
+    IMPUTING = "imputing"
+    WRITTEN = "written"
+    AWAITING_REVIEW = "awaiting_review"
+    APPROVED = "approved"
+    EXPORTED = "exported"
+    REJECTED = "rejected"
+    IGNORED = "ignored"
+    FAILED = "failed"
+    DEAD_LETTER = "dead_letter"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ExportStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD_LETTER = "dead_letter"
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[StudyState] = mapped_column(_state(StudyState), default=StudyState.RECEIVING, index=True)
+    # Patient details are kept for the signed-in worklist only; they are never logged.
+    patient_name: Mapped[str | None] = mapped_column(String(256))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_description: Mapped[str | None] = mapped_column(String(256))
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    stable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study", cascade="all, delete-orphan")
+    jobs: Mapped[list[Job]] = relationship(back_populates="study", cascade="all, delete-orphan")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(String(256))
+    frame_of_reference_uid: Mapped[str | None] = mapped_column(String(64))
+    #: Contrast from ``route/classify.py`` (None until classified; "other" when not an input).
+    contrast: Mapped[str | None] = mapped_column(String(16))
+    classification_reason: Mapped[str | None] = mapped_column(Text)
+    #: True for series this node wrote (they are never inputs).
+    is_synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", cascade="all, delete-orphan")
+    exports: Mapped[list[Export]] = relationship(back_populates="series", cascade="all, delete-orphan")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One imputation of one stable study; claimed by exactly one engine worker at a time."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    status: Mapped[JobStatus] = mapped_column(_state(JobStatus), default=JobStatus.QUEUED)
+    #: ``{contrast: series_instance_uid}`` of the chosen inputs, and the contrasts to synthesise.
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    targets: Mapped[list[str]] = mapped_column(JSON, default=list)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    #: Stage timings in seconds (load, preprocess, model, write ...).
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    study: Mapped[Study] = relationship(back_populates="jobs")
+
+
+class Export(Base):
+    """Delivery of one synthetic series to one destination; at most one row per (series, destination)."""
+
+    __tablename__ = "exports"
+    __table_args__ = (
+        UniqueConstraint("series_id", "destination", name="uq_exports_series_destination"),
+        Index("ix_exports_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    status: Mapped[ExportStatus] = mapped_column(_state(ExportStatus), default=ExportStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    series: Mapped[Series] = relationship(back_populates="exports")
+
+
+class AuditEvent(Base):
+    """Who did what, when: every study transition and every reviewer action."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
