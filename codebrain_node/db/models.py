@@ -29,6 +29,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without a zone; every timestamp we store is UTC, so say so."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     pass
 
