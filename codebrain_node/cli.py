@@ -28,8 +28,10 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: model speed, DICOM ingest, end to end.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
+app.add_typer(bench_app, name="bench")
 
 log = logging.getLogger("codebrain_node.cli")
 
@@ -129,6 +131,22 @@ def db_current(ctx: typer.Context) -> None:
     current, head = current_revision(engine), head_revision()
     state = "up to date" if current == head else f"behind (head is {head}); run `codebrain-node db upgrade`"
     typer.echo(f"{current or 'empty (no schema)'}: {state}")
+
+
+# --- status ---------------------------------------------------------------------------------------------------
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context, limit: Annotated[int, typer.Option(help="How many recent studies to show.")] = 50
+) -> None:
+    """Show studies, their series and contrasts, jobs, exports and dead letters."""
+    from codebrain_node.db.session import make_engine, session_factory
+    from codebrain_node.status import render
+
+    engine = make_engine(_state(ctx).settings.database_url)
+    with session_factory(engine)() as session:
+        typer.echo(render(session, limit))
 
 
 # --- commands added by stages go above this line ---

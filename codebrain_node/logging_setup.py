@@ -62,5 +62,6 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler._codebrain = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # pynetdicom is chatty at INFO (every association); keep its lines for DEBUG.
-    logging.getLogger("pynetdicom").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # pynetdicom (every association) and alembic (every migration step) are chatty at INFO; keep them for DEBUG.
+    for chatty in ("pynetdicom", "alembic", "apscheduler"):
+        logging.getLogger(chatty).setLevel(max(logging.getLevelName(level), logging.WARNING))
