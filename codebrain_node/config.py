@@ -7,6 +7,7 @@ remembers where it came from so ``codebrain-node config show`` can say so, and v
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -94,6 +95,8 @@ class RoutingSettings(_Section):
     check_interval_s: Annotated[float, Field(gt=0)] = 5.0
     #: Contrasts to synthesise when missing; empty means every contrast the model knows.
     synthesize: list[Contrast] = Field(default_factory=list)
+    #: Series classification rule table (TOML); empty means the shipped ``configs/classify.toml``.
+    classify_rules: Path | None = None
 
     @field_validator("synthesize", mode="before")
     @classmethod
@@ -137,6 +140,57 @@ class EngineSettings(_Section):
     lease_timeout_s: Annotated[float, Field(gt=0)] = 600.0
 
 
+class ReviewUser(_Section):
+    """A person who may sign in to the review web app; ``password_hash`` from ``codebrain-node user hash-password``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
+    #: Argon2id hash; empty means this user signs in only through the trusted header.
+    password_hash: str = ""
+    #: ``reviewer`` may approve and reject; ``viewer`` may only look.
+    role: Literal["reviewer", "viewer"] = "reviewer"
+
+    @field_validator("password_hash")
+    @classmethod
+    def _argon2_only(cls, value: str) -> str:
+        if value and not value.startswith("$argon2"):
+            raise ValueError("must be an Argon2 hash from `codebrain-node user hash-password`")
+        return value
+
+
+class ReviewSettings(_Section):
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    #: Signs the session cookies; empty means one generated once and kept in ``<data_dir>/review-secret.key``.
+    secret_key: SecretStr = SecretStr("")
+    session_max_age_s: Annotated[int, Field(ge=60)] = 28800
+    cookie_secure: bool = False
+    users: list[ReviewUser] = Field(default_factory=list)
+    #: Header carrying the signed-in user's name from an authenticating reverse proxy (e.g. X-Forwarded-User).
+    trusted_user_header: str = ""
+    #: Addresses or networks of the proxies whose ``trusted_user_header`` is believed.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    #: Role of a header user who is not listed in ``users``.
+    trusted_user_role: Literal["reviewer", "viewer"] = "viewer"
+    #: Addresses or networks that may read /metrics without signing in (a Prometheus server).
+    metrics_allowed_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies", "metrics_allowed_hosts")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _unique_names(cls, value: list[ReviewUser]) -> list[ReviewUser]:
+        names = [user.name for user in value]
+        if len(names) != len(set(names)):
+            raise ValueError("user names must be unique")
+        return value
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -152,6 +206,7 @@ class Settings(_Section):
     export: ExportSettings = Field(default_factory=ExportSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     #: Where each dotted key's value came from ("default", "file <path>", "env NAME"); filled by load_settings.
@@ -251,6 +306,8 @@ def _mask(key: str, value: Any, settings: Settings) -> str:
         if not url:
             return f"(default) {settings.database_url}"
         return _mask_url_password(url)
+    if key == "review.users":  # names and roles only: password hashes stay out of `config show`
+        return json.dumps([{"name": user["name"], "role": user["role"]} for user in value])
     if any(word in key for word in ("password", "secret", "token")):
         return "********" if value else ""
     return json.dumps(value) if not isinstance(value, str) else value
