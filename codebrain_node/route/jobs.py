@@ -1,0 +1,226 @@
+"""The job queue in the database: claim, heartbeat, finish, fail (with bounded retries) and lease expiry.
+
+Several engine workers, on one machine or on several sharing one PostgreSQL database, take jobs from the same
+table. A claim on PostgreSQL is ``SELECT … FOR UPDATE SKIP LOCKED`` (the oldest queued job no other transaction
+holds), so two workers never get the same job and never wait for each other. SQLite has no row locks; there a
+claim is a guarded ``UPDATE … WHERE status = 'queued'`` whose row count says whether we won (one worker per
+SQLite node, but even two would not both win).
+
+A claimed job is leased: its worker calls :func:`heartbeat` while it runs; a job whose heartbeat is older than
+``engine.lease_timeout_s`` belonged to a worker that died and is taken back by :func:`requeue_expired_leases`,
+which counts as a failed attempt. Every study state change goes through ``lifecycle.transition``:
+
+    job:   QUEUED ─claim─► RUNNING ─finish─► DONE           study: QUEUED ─► IMPUTING ─► WRITTEN
+                              └─fail/expired─► QUEUED (attempts < max) ─┐          IMPUTING ─► QUEUED (retry)
+                                              FAILED (attempts = max)  │          IMPUTING ─► FAILED
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from codebrain_node.db.models import Job, JobStatus, Study, StudyState, as_utc, utcnow
+from codebrain_node.route.lifecycle import transition
+
+log = logging.getLogger(__name__)
+
+#: Longest error text kept on a job (tracebacks belong in the log).
+MAX_ERROR_CHARS = 2000
+
+
+class LeaseLostError(RuntimeError):
+    """The job is no longer this worker's (its lease expired and it was requeued or taken by another worker)."""
+
+
+def claim_next_job(factory: sessionmaker[Session], worker_id: str) -> Job | None:
+    """Take the oldest queued job for ``worker_id``: RUNNING, attempts + 1, study QUEUED → IMPUTING.
+
+    Returns a detached :class:`Job` (its columns loaded), or None when the queue is empty. A queued job whose
+    study is not QUEUED (an inconsistency no transition should make) is marked FAILED with the reason instead
+    of being claimed, so it can never wedge the head of the queue.
+    """
+    while True:
+        with factory() as session, session.begin():
+            job = _claim_locked(session) if _lock(session) else _claim_guarded(session)
+            if job is None:
+                return None
+            study = session.get(Study, job.study_id)
+            if StudyState(study.state) is not StudyState.QUEUED:
+                job.status = JobStatus.FAILED
+                job.error = f"study was {study.state}, not queued, when the job was claimed"
+                job.finished_at = utcnow()
+                log.error("job %s: %s; marked failed", job.id, job.error)
+                continue
+            now = utcnow()
+            job.worker = worker_id
+            job.claimed_at = now
+            job.heartbeat_at = now
+            transition(session, study, StudyState.IMPUTING, _actor(worker_id), job_id=job.id, attempt=job.attempts)
+            session.flush()
+            session.expunge(job)
+        log.info("job %s claimed by %s (attempt %s of %s)", job.id, worker_id, job.attempts, job.max_attempts)
+        return job
+
+
+def _claim_locked(session: Session) -> Job | None:
+    """PostgreSQL: lock the oldest queued row that no other claimer holds, skipping locked ones."""
+    query = (
+        select(Job)
+        .where(Job.status == JobStatus.QUEUED)
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    job = session.scalars(query).first()
+    if job is None:
+        return None
+    job.status = JobStatus.RUNNING
+    job.attempts = (job.attempts or 0) + 1
+    return job
+
+
+def _claim_guarded(session: Session) -> Job | None:
+    """SQLite: pick the oldest queued id, then flip it only if it is still queued (row count 1 means ours)."""
+    for _ in range(8):
+        job_id = session.scalars(
+            select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at, Job.id).limit(1)
+        ).first()
+        if job_id is None:
+            return None
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING, attempts=Job.attempts + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            job = session.get(Job, job_id, populate_existing=True)
+            return job
+    return None
+
+
+def heartbeat(factory: sessionmaker[Session], job_id: int, worker_id: str | None = None) -> bool:
+    """Renew the lease of a running job; False when it is no longer running (for ``worker_id``, if given)."""
+    with factory() as session, session.begin():
+        conditions = [Job.id == job_id, Job.status == JobStatus.RUNNING]
+        if worker_id is not None:
+            conditions.append(Job.worker == worker_id)
+        result = session.execute(
+            update(Job).where(*conditions).values(heartbeat_at=utcnow()).execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def finish_job(
+    factory: sessionmaker[Session],
+    job_id: int,
+    timings: Mapping[str, Any],
+    model_name: str,
+    worker_id: str | None = None,
+) -> None:
+    """Mark a running job DONE (timings, model) and its study WRITTEN; the engine then applies the export policy.
+
+    Raises :class:`LeaseLostError` when the job is not running (or, given ``worker_id``, not this worker's): its
+    lease expired and the result must not be recorded twice.
+    """
+    with factory() as session, session.begin():
+        job = _running_job(session, job_id, worker_id)
+        job.status = JobStatus.DONE
+        job.timings = {key: float(value) for key, value in timings.items()}
+        job.model_name = model_name[:128]
+        job.error = None
+        job.finished_at = utcnow()
+        transition(session, job.study, StudyState.WRITTEN, _actor(job.worker), job_id=job.id, model=job.model_name)
+    log.info("job %s done", job_id)
+
+
+def fail_job(factory: sessionmaker[Session], job_id: int, error: str, worker_id: str | None = None) -> JobStatus:
+    """Record a failed attempt: back to QUEUED while attempts remain, else FAILED (study FAILED) with the reason.
+
+    Returns the job's new status. A job that is no longer running (lease lost) is left alone and its status
+    returned, so a late failure report from a presumed-dead worker changes nothing.
+    """
+    with factory() as session, session.begin():
+        job = session.get(Job, job_id, with_for_update=_lock(session))
+        if job is None:
+            raise LookupError(f"job {job_id} does not exist")
+        if job.status != JobStatus.RUNNING or (worker_id is not None and job.worker != worker_id):
+            log.warning("job %s: failure report ignored, the job is %s", job_id, job.status)
+            return JobStatus(job.status)
+        return _record_failure(session, job, error, _actor(job.worker))
+
+
+def requeue_expired_leases(
+    factory: sessionmaker[Session], lease_timeout_s: float, now: datetime | None = None, actor: str = "engine"
+) -> list[int]:
+    """Take back running jobs whose worker has been silent for ``lease_timeout_s``; each is a failed attempt.
+
+    Returns the ids of the jobs taken back (requeued or, out of attempts, failed).
+    """
+    now = as_utc(now) if now is not None else utcnow()
+    deadline = now - timedelta(seconds=lease_timeout_s)
+    expired = []
+    with factory() as session, session.begin():
+        query = select(Job).where(
+            Job.status == JobStatus.RUNNING,
+            or_(Job.heartbeat_at <= deadline, (Job.heartbeat_at.is_(None)) & (Job.claimed_at <= deadline)),
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        for job in session.scalars(query.order_by(Job.id)):
+            last = as_utc(job.heartbeat_at or job.claimed_at)
+            silent = (now - last).total_seconds() if last is not None else lease_timeout_s
+            worker = job.worker
+            status = _record_failure(session, job, f"lease expired: worker {worker} silent for {silent:.0f} s", actor)
+            log.warning("job %s: lease of %s expired, now %s", job.id, worker, status.value)
+            expired.append(job.id)
+    return expired
+
+
+def _record_failure(session: Session, job: Job, error: str, actor: str) -> JobStatus:
+    """The retry policy, shared by worker-reported failures and expired leases."""
+    job.error = error[:MAX_ERROR_CHARS]
+    study = job.study
+    if job.attempts < job.max_attempts:
+        job.status = JobStatus.QUEUED
+        job.worker = None
+        job.claimed_at = None
+        job.heartbeat_at = None
+        transition(session, study, StudyState.QUEUED, actor, job_id=job.id, attempt=job.attempts, error=job.error)
+    else:
+        job.status = JobStatus.FAILED
+        job.finished_at = utcnow()
+        transition(
+            session,
+            study,
+            StudyState.FAILED,
+            actor,
+            job_id=job.id,
+            attempts=job.attempts,
+            reason=f"failed after {job.attempts} attempts: {job.error}",
+        )
+    return JobStatus(job.status)
+
+
+def _running_job(session: Session, job_id: int, worker_id: str | None) -> Job:
+    job = session.get(Job, job_id, with_for_update=_lock(session))
+    if job is None:
+        raise LookupError(f"job {job_id} does not exist")
+    if job.status != JobStatus.RUNNING or (worker_id is not None and job.worker != worker_id):
+        raise LeaseLostError(f"job {job_id} is {job.status}, worker {job.worker}: not ours any more")
+    return job
+
+
+def _lock(session: Session) -> bool:
+    """Row locks where the database has them (PostgreSQL); SQLite serialises writers by itself."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _actor(worker_id: str | None) -> str:
+    return f"engine:{worker_id or 'unknown'}"

@@ -1,0 +1,1 @@
+"""Writing results: the synthetic MR series with every synthetic flag (``synthetic_series.py``)."""

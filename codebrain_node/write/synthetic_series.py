@@ -1,0 +1,405 @@
+"""Write one synthesised contrast as a classic MR Image Storage series that no one can mistake for an acquisition.
+
+One instance per reference slice, in the reference's study, frame of reference and geometry, so the series lies
+slice for slice on the reference in any viewer. What marks it synthetic (each one a separate, machine-readable
+flag, because PACS, viewers and AI pipelines each look at different ones):
+
+- Synthetic Data (0008,001C) = YES — PS3.3 C.12.1 SOP Common Module ("the content was made artificially").
+- Image Type ``DERIVED\\SECONDARY\\OTHER`` — PS3.3 C.7.6.1.1.2 (General Image) and C.8.3.1.1.1 (MR Image: Value 3
+  ``OTHER``); a derived image, not from a patient exposure.
+- Series Description ``SYNTHETIC <contrast> (<model>)``, Image Comments saying it is synthetic and not for
+  diagnosis, Burned In Annotation NO — PS3.3 C.7.3.1 General Series, C.7.6.1 General Image.
+- Derivation Description (model, version, input series), Derivation Code Sequence and Source Image Sequence to
+  the corresponding slice of every input series with Purpose of Reference (121322, DCM, "Source image for image
+  processing operation") — PS3.3 C.7.6.1, CID 7202.
+- Contributing Equipment Sequence with Purpose of Reference (109100, DCM, "Synthesizing Equipment") naming this
+  node and the model, as the IHE AI Results (AIR) profile asks, plus the scanner as (109101, DCM, "Acquisition
+  Equipment") — PS3.3 C.12.1 (Contributing Equipment Sequence, CID 7005).
+
+Derivation Code: CID 7203 "Image Derivation" (PS3.16) is extensible and has no concept for generative synthesis
+(its codes are resampling, filtering, projections, pixel arithmetic, segmentation ...; checked against the
+DICOM content mapping resources shipped with pydicom 3.0). We therefore use (123110, DCM, "Artificial
+Intelligence") from PS3.16 CID 7162, an existing DCM concept that names the operation truthfully, and say
+exactly what was done in Derivation Description.
+
+The MR Image Module (PS3.3 C.8.3.1) makes Scanning Sequence and Sequence Variant type 1 with enumerated values;
+nothing was acquired, so they are ``RM`` (research mode) and ``NONE``; the type 2 acquisition parameters
+(Echo Time, Repetition Time, Echo Train Length, Scan Options) are present and empty rather than copied from an
+input, because copied values would describe a different sequence. No Contrast/Bolus Module (PS3.3 C.7.6.4:
+required only if contrast media was used in *this* image): a synthetic T1Gd was made without any agent.
+
+Pixels are unsigned 16-bit (PS3.3 C.7.6.3), Window Center/Width from robust percentiles of the whole series so
+every slice displays alike. DS values are written with pydicom's auto-formatting (≤ 16 characters, PS3.5 6.2).
+Files are written under ``out_dir/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` via a temporary name, fsync and
+rename, so a crash never leaves a half-written instance that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.valuerep import DS
+
+from codebrain_node import __version__
+from codebrain_node.contrasts import Contrast
+
+MANUFACTURER = "codebrain-node"
+
+#: (code value, coding scheme, meaning) of the concepts used, from PS3.16.
+SOURCE_IMAGE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")  # CID 7202
+SYNTHESIZING_EQUIPMENT = ("109100", "DCM", "Synthesizing Equipment")  # CID 7005
+ACQUISITION_EQUIPMENT = ("109101", "DCM", "Acquisition Equipment")  # CID 7005
+DERIVATION_CODE = ("123110", "DCM", "Artificial Intelligence")  # CID 7162 (CID 7203 is extensible)
+
+#: Patient, study and related attributes copied unchanged from the reference (PS3.3 C.7.1.1, C.7.2.1, C.7.2.2).
+COPIED_FROM_REFERENCE = (
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+    "IssuerOfAccessionNumberSequence",
+    "TimezoneOffsetFromUTC",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "PatientPosition",
+    "InstitutionName",
+    "InstitutionAddress",
+    "MagneticFieldStrength",
+)
+
+#: Image Comments (LT) of every instance.
+COMMENT = (
+    "SYNTHETIC IMAGE: {contrast} computed by the AI model {model} {version} from {inputs}. "
+    "Not acquired on a scanner; not for primary diagnosis."
+)
+
+
+#: The per-voxel confidence map the review page overlays (see :func:`save_confidence_map`).
+CONFIDENCE_FILE = "confidence.npy"
+
+
+def write_synthetic_series(
+    reference: list[Dataset],
+    pixels: np.ndarray,
+    contrast: Contrast,
+    model_name: str,
+    model_version: str,
+    sources: Mapping[Contrast, Sequence[Dataset]],
+    out_dir: Path,
+    series_number: int | None = None,
+    confidence: np.ndarray | None = None,
+) -> list[Path]:
+    """Write ``pixels`` [Z, Rows, Cols] (reference grid, stored intensities) as one synthetic MR series.
+
+    ``reference`` are the reference series' datasets sorted along the slice normal (slice ``z`` of ``pixels``
+    lies on ``reference[z]``); ``sources`` the input series used, any order. ``confidence`` [Z, Rows, Cols] in
+    [0, 1] (optional) is summarised per slice in Image Comments. Returns the written paths in slice order.
+    """
+    volume = _checked_volume(reference, pixels)
+    contrast = Contrast(contrast)
+    series_uid = generate_uid()
+    now = datetime.now(UTC)
+    center, width = window_from_data(volume)
+    spacing = _spacing_between_slices(reference)
+    inputs_text = ", ".join(f"{c.value} series {datasets[0].SeriesInstanceUID}" for c, datasets in _ordered(sources))
+    source_centres = {c: [(ds, slice_centre(ds)) for ds in datasets] for c, datasets in _ordered(sources)}
+    number = series_number if series_number is not None else 1000 + int(reference[0].get("SeriesNumber", 0) or 0)
+
+    target_dir = Path(out_dir) / series_uid
+    target_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, (ref, plane) in enumerate(zip(reference, volume, strict=True)):
+        ds = _instance(
+            ref,
+            contrast=contrast,
+            model_name=model_name,
+            model_version=model_version,
+            series_uid=series_uid,
+            series_number=number,
+            instance_number=index + 1,
+            now=now,
+            inputs_text=inputs_text,
+        )
+        ds.SourceImageSequence = _source_images(ref, source_centres)
+        _set_geometry(ds, ref, spacing)
+        _set_pixels(ds, plane, center, width)
+        if confidence is not None:
+            ds.ImageComments += f" Mean model confidence on this slice: {float(np.mean(confidence[index])):.3f}."
+        paths.append(_write_atomically(ds, target_dir))
+    if confidence is not None:
+        save_confidence_map(confidence, target_dir)
+    _fsync_directory(target_dir)
+    return paths
+
+
+def save_confidence_map(confidence: np.ndarray, series_dir: Path) -> Path:
+    """``confidence.npy`` beside the instances: float32 [Z, Rows, Cols] in [0, 1], slice k ↔ InstanceNumber k+1.
+
+    Not DICOM: the review page overlays it; PACS never receives it (only the ``.dcm`` files are exported).
+    """
+    final = series_dir / CONFIDENCE_FILE
+    partial = series_dir / f".{CONFIDENCE_FILE}.part"
+    with partial.open("wb") as handle:
+        np.save(handle, np.clip(confidence, 0.0, 1.0).astype(np.float32))
+        handle.flush()
+        os.fsync(handle.fileno())
+    partial.rename(final)
+    return final
+
+
+def window_from_data(volume: np.ndarray) -> tuple[float, float]:
+    """Window center/width spanning the 0.5th to 99.5th percentile of the non-zero voxels of the series."""
+    values = volume[volume > 0]
+    if values.size == 0:
+        return 0.5, 1.0
+    low, high = np.percentile(values, [0.5, 99.5])
+    width = max(float(high - low), 1.0)
+    return float(low) + width / 2, width
+
+
+def slice_centre(ds: Dataset) -> np.ndarray | None:
+    """Patient-space centre of a slice (IPP + half the field of view along rows and columns)."""
+    try:
+        position = np.array(ds.ImagePositionPatient, float)
+        orientation = np.array(ds.ImageOrientationPatient, float)
+        row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    along_row, along_column = orientation[:3], orientation[3:]
+    return (
+        position
+        + along_row * column_spacing * (int(ds.Columns) - 1) / 2
+        + along_column * row_spacing * (int(ds.Rows) - 1) / 2
+    )
+
+
+def _checked_volume(reference: Sequence[Dataset], pixels: np.ndarray) -> np.ndarray:
+    volume = np.asarray(pixels, dtype=np.float64)
+    if volume.ndim != 3:
+        raise ValueError(f"pixels must be [Z, Rows, Cols], got shape {volume.shape}")
+    if len(reference) != volume.shape[0]:
+        raise ValueError(f"{volume.shape[0]} synthetic slices for {len(reference)} reference slices")
+    for ds in reference:
+        if (int(ds.Rows), int(ds.Columns)) != volume.shape[1:]:
+            raise ValueError(f"reference slice is {ds.Rows}x{ds.Columns}, synthetic is {volume.shape[1:]}")
+    return np.nan_to_num(volume, nan=0.0, posinf=65535.0, neginf=0.0)
+
+
+def _ordered(sources: Mapping[Contrast, Sequence[Dataset]]) -> list[tuple[Contrast, Sequence[Dataset]]]:
+    order = list(Contrast)
+    return sorted(((Contrast(c), ds) for c, ds in sources.items() if ds), key=lambda item: order.index(item[0]))
+
+
+def _code(value: tuple[str, str, str]) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value
+    return item
+
+
+def _instance(
+    ref: Dataset,
+    *,
+    contrast: Contrast,
+    model_name: str,
+    model_version: str,
+    series_uid: str,
+    series_number: int,
+    instance_number: int,
+    now: datetime,
+    inputs_text: str,
+) -> Dataset:
+    """Every attribute except geometry, pixels and source references (PS3.3 A.4 MR Image IOD)."""
+    ds = Dataset()
+    for keyword in COPIED_FROM_REFERENCE:
+        if keyword in ref:
+            ds[keyword] = ref[keyword]
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime"):
+        ds.setdefault(keyword, "")  # type 2: present, may be empty
+    for keyword in ("ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator"):
+        ds.setdefault(keyword, "")
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+
+    # SOP Common (C.12.1)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.SyntheticData = "YES"
+    ds.ContributingEquipmentSequence = _contributing_equipment(ref, model_name, model_version)
+
+    # General Series (C.7.3.1)
+    ds.Modality = "MR"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDate, ds.SeriesTime = date, time
+    ds.SeriesDescription = f"SYNTHETIC {contrast.value} ({model_name})"[:64]
+    # Body Part Examined tells validators the part is unpaired (so no Laterality, type 2C); this node only
+    # synthesises brain MR, "HEAD" in PS3.16 CID 4031, when the reference does not say.
+    ds.BodyPartExamined = ref.get("BodyPartExamined", "") or "HEAD"
+    if ref.get("Laterality"):
+        ds.Laterality = ref.Laterality
+
+    # General Equipment (C.7.5.1): the equipment that made this series is the node.
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = model_name[:64]
+    ds.SoftwareVersions = [f"codebrain-node {__version__}"[:64], f"{model_name} {model_version}"[:64]]
+
+    # General Image (C.7.6.1)
+    ds.InstanceNumber = instance_number
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    ds.DerivationDescription = (
+        f"Synthesised {contrast.value} by the CodeBrain model {model_name} version {model_version} "
+        f"(codebrain-node {__version__}) from {inputs_text}"
+    )[:1024]
+    ds.DerivationCodeSequence = [_code(DERIVATION_CODE)]
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "01" if str(ref.get("LossyImageCompression", "00")) == "01" else "00"
+    if ds.LossyImageCompression == "01":
+        for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            if keyword in ref:
+                ds[keyword] = ref[keyword]
+    ds.ImageComments = COMMENT.format(
+        contrast=contrast.value, model=model_name, version=model_version, inputs=inputs_text
+    )
+
+    # MR Image (C.8.3.1): nothing was acquired.
+    ds.ScanningSequence = "RM"
+    ds.SequenceVariant = "NONE"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = ref.get("MRAcquisitionType", "") or ""
+    ds.RepetitionTime = ""
+    ds.EchoTime = ""
+    ds.EchoTrainLength = ""
+    ds.SequenceName = f"SYNTHETIC_{contrast.value}"[:16]
+    return ds
+
+
+def _contributing_equipment(ref: Dataset, model_name: str, model_version: str) -> list[Dataset]:
+    node = Dataset()
+    node.PurposeOfReferenceCodeSequence = [_code(SYNTHESIZING_EQUIPMENT)]
+    node.Manufacturer = MANUFACTURER
+    node.ManufacturerModelName = model_name[:64]
+    node.SoftwareVersions = [f"codebrain-node {__version__}"[:64], f"{model_name} {model_version}"[:64]]
+    node.ContributionDescription = f"AI synthesis of a missing MR contrast with {model_name} {model_version}"[:64]
+    scanner = Dataset()
+    scanner.PurposeOfReferenceCodeSequence = [_code(ACQUISITION_EQUIPMENT)]
+    scanner.Manufacturer = ref.get("Manufacturer", "") or ""
+    for keyword in (
+        "InstitutionName",
+        "StationName",
+        "ManufacturerModelName",
+        "DeviceSerialNumber",
+        "SoftwareVersions",
+    ):
+        if ref.get(keyword):
+            scanner[keyword] = ref[keyword]
+    return [node, scanner]
+
+
+def _source_images(ref: Dataset, source_centres: Mapping[Contrast, list[tuple[Dataset, np.ndarray | None]]]) -> list:
+    """For each input series, the slice whose centre is nearest this reference slice's centre."""
+    target = slice_centre(ref)
+    items = []
+    for candidates in source_centres.values():
+        if target is None or any(centre is None for _, centre in candidates):
+            nearest = candidates[len(candidates) // 2][0]
+        else:
+            nearest = min(candidates, key=lambda item: float(np.linalg.norm(item[1] - target)))[0]
+        item = Dataset()
+        item.ReferencedSOPClassUID = nearest.SOPClassUID
+        item.ReferencedSOPInstanceUID = nearest.SOPInstanceUID
+        item.PurposeOfReferenceCodeSequence = [_code(SOURCE_IMAGE_PURPOSE)]
+        items.append(item)
+    return items
+
+
+def _spacing_between_slices(reference: Sequence[Dataset]) -> float | None:
+    """Spacing along the slice normal from the positions (median step); the reference's value if it has one."""
+    if "SpacingBetweenSlices" in reference[0]:
+        return float(reference[0].SpacingBetweenSlices)
+    if len(reference) < 2:
+        return None
+    orientation = np.array(reference[0].ImageOrientationPatient, float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = [float(np.dot(normal, np.array(ds.ImagePositionPatient, float))) for ds in reference]
+    steps = np.abs(np.diff(positions))
+    return float(np.median(steps)) if steps.size and np.median(steps) > 0 else None
+
+
+def _ds(value: float) -> DS:
+    return DS(float(value), auto_format=True)
+
+
+def _set_geometry(ds: Dataset, ref: Dataset, spacing: float | None) -> None:
+    """Image Plane Module (C.7.6.2) from the reference slice, as valid DS strings."""
+    ds.ImagePositionPatient = [_ds(v) for v in ref.ImagePositionPatient]
+    ds.ImageOrientationPatient = [_ds(v) for v in ref.ImageOrientationPatient]
+    ds.PixelSpacing = [_ds(v) for v in ref.PixelSpacing]
+    ds.SliceThickness = _ds(ref.SliceThickness) if ref.get("SliceThickness") not in (None, "") else ""
+    if spacing is not None:
+        ds.SpacingBetweenSlices = _ds(spacing)
+    if ref.get("SliceLocation") not in (None, ""):
+        ds.SliceLocation = _ds(ref.SliceLocation)
+
+
+def _set_pixels(ds: Dataset, plane: np.ndarray, center: float, width: float) -> None:
+    """Image Pixel Module (C.7.6.3) and VOI LUT (C.11.2): unsigned 16-bit MONOCHROME2."""
+    stored = np.clip(np.rint(plane), 0, 65535).astype(np.uint16)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SmallestImagePixelValue = int(stored.min())
+    ds.LargestImagePixelValue = int(stored.max())
+    ds.WindowCenter = _ds(center)
+    ds.WindowWidth = _ds(width)
+    ds.WindowCenterWidthExplanation = "SYNTHETIC"
+    ds.PixelData = stored.tobytes()
+
+
+def _write_atomically(ds: Dataset, folder: Path) -> Path:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    final = folder / f"{ds.SOPInstanceUID}.dcm"
+    partial = folder / f".{ds.SOPInstanceUID}.partial"
+    with partial.open("wb") as handle:
+        pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, final)
+    return final
+
+
+def _fsync_directory(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
