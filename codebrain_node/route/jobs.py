@@ -18,7 +18,7 @@ which counts as a failed attempt. Every study state change goes through ``lifecy
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -123,8 +123,12 @@ def finish_job(
     timings: Mapping[str, Any],
     model_name: str,
     worker_id: str | None = None,
+    then: Callable[[Session, Job], None] | None = None,
 ) -> None:
     """Mark a running job DONE (timings, model) and its study WRITTEN; the engine then applies the export policy.
+
+    ``then(session, job)`` runs in the same transaction (the engine records the written series and applies the
+    export policy there), so a crash leaves either the whole result or a job to retry, never half of it.
 
     Raises :class:`LeaseLostError` when the job is not running (or, given ``worker_id``, not this worker's): its
     lease expired and the result must not be recorded twice.
@@ -137,6 +141,8 @@ def finish_job(
         job.error = None
         job.finished_at = utcnow()
         transition(session, job.study, StudyState.WRITTEN, _actor(job.worker), job_id=job.id, model=job.model_name)
+        if then is not None:
+            then(session, job)
     log.info("job %s done", job_id)
 
 

@@ -1,0 +1,327 @@
+"""The imputation engine: claim a job → load series → preprocess → model → invert → write → hand to export.
+
+A worker is a loop over the database queue (``route/jobs.py``); several workers, on one machine or many sharing
+a PostgreSQL queue and a shared data folder, never run one job twice. Everything a job needs is in the database
+and on disk, so a worker that dies loses nothing: its lease expires and another worker retries the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from codebrain_node.config import Settings
+from codebrain_node.contrasts import Contrast
+from codebrain_node.db.models import Instance, Job, Series, Study, StudyState, as_utc
+from codebrain_node.imaging.preprocess import PreparedStudy, prepare_study, restore
+from codebrain_node.imaging.series_io import read_dicom_files, sort_dicom_files
+from codebrain_node.route import jobs
+from codebrain_node.route.lifecycle import reopen_if_settled, transition
+from codebrain_node.weights import LoadedModel, load_model
+from codebrain_node.write.synthetic_series import write_synthetic_series
+
+log = logging.getLogger(__name__)
+
+#: The synthetic series lie on the first available of these (T1Gd is acquired on the T1 geometry in most
+#: protocols, and T1/T2 are usually the highest-resolution axial series of a brain study).
+REFERENCE_PREFERENCE = (Contrast.T1, Contrast.T1GD, Contrast.T2, Contrast.FLAIR, Contrast.PD)
+
+
+@dataclass
+class SeriesInput:
+    """One input series: its headers sorted along the slice normal and the volume read in that order."""
+
+    contrast: Contrast
+    datasets: list[pydicom.Dataset]
+    image: sitk.Image
+
+
+@dataclass
+class JobResult:
+    written: dict[Contrast, list[Path]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
+
+
+def load_inputs(session: Session, job: Job) -> dict[Contrast, SeriesInput]:
+    """Read every input series of ``job`` from the spool."""
+    inputs: dict[Contrast, SeriesInput] = {}
+    for name, series_uid in job.inputs.items():
+        series = session.scalars(select(Series).where(Series.series_instance_uid == series_uid)).one()
+        ordered = sort_dicom_files([Path(instance.path) for instance in series.instances])
+        datasets = [pydicom.dcmread(path, stop_before_pixels=True) for path in ordered]
+        inputs[Contrast(name)] = SeriesInput(Contrast(name), datasets, read_dicom_files(ordered))
+    return inputs
+
+
+def choose_reference(available: Sequence[Contrast]) -> Contrast:
+    return next(contrast for contrast in REFERENCE_PREFERENCE if contrast in available)
+
+
+def run_model(
+    model: LoadedModel, stacked: np.ndarray, available: Sequence[Contrast], batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the network over every slice. ``stacked``: [N_avail, Z, H, W] in [0, 1] in ``available`` order.
+
+    Returns every model contrast [N_model, Z, H, W] and the confidence [Z, H, W] when the model gives one.
+    """
+    order = [Contrast(name) for name in model.contrasts]
+    _, depth, height, width = stacked.shape
+    images = torch.zeros((depth, len(order), height, width), dtype=torch.float32)
+    mask = torch.zeros((depth, len(order)), dtype=torch.bool)
+    for index, contrast in enumerate(available):
+        slot = order.index(contrast)
+        images[:, slot] = torch.from_numpy(stacked[index])
+        mask[:, slot] = True
+    outputs, confidences = [], []
+    for start in range(0, depth, batch_size):
+        batch = images[start : start + batch_size].to(model.device)
+        batch_mask = mask[start : start + batch_size].to(model.device)
+        if model.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        result = model.network.impute(batch, batch_mask)
+        outputs.append(result.images.float().cpu())
+        if result.confidence is not None:
+            confidences.append(result.confidence.float().cpu())
+    output = torch.cat(outputs).permute(1, 0, 2, 3).numpy()
+    confidence = torch.cat(confidences)[:, 0].numpy() if confidences else None
+    return output, confidence
+
+
+def impute_study(
+    inputs: dict[Contrast, SeriesInput],
+    targets: Sequence[Contrast],
+    model: LoadedModel,
+    out_dir: Path,
+    batch_size: int,
+    image_size: int,
+) -> JobResult:
+    """The pure pipeline of one job (no database): preprocess → model → invert → write, timed per stage."""
+    result = JobResult()
+    clock = time.perf_counter()
+    available = [contrast for contrast in REFERENCE_PREFERENCE if contrast in inputs]
+    available += [contrast for contrast in inputs if contrast not in available]
+    reference = choose_reference(available)
+    prepared = prepare_study({c: inputs[c].image for c in available}, reference, size=image_size, register=True)
+    stacked = np.stack([prepared.arrays[prepared.contrasts.index(c)] for c in available])
+    result.timings["preprocess_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    output, confidence = run_model(model, stacked, available, batch_size)
+    result.timings["model_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    order = [Contrast(name) for name in model.contrasts]
+    reference_datasets = inputs[reference].datasets
+    sources = {contrast: inputs[contrast].datasets for contrast in available}
+    for number, target in enumerate(targets, start=1):
+        restored = restore(prepared, output[order.index(target)])
+        pixels = sitk.GetArrayFromImage(restored).astype(np.float32)
+        restored_confidence = None
+        if confidence is not None:
+            restored_confidence = restore_map(prepared, confidence)
+        result.written[target] = write_synthetic_series(
+            reference=reference_datasets,
+            pixels=pixels,
+            contrast=target,
+            model_name=model.name,
+            model_version=model.version,
+            sources=sources,
+            out_dir=out_dir,
+            series_number=_series_number(reference_datasets, number),
+            confidence=restored_confidence,
+        )
+    result.timings["write_s"] = time.perf_counter() - clock
+    return result
+
+
+def restore_map(prepared: PreparedStudy, values: np.ndarray) -> np.ndarray:
+    """A [Z, size, size] map (e.g. confidence in [0, 1]) onto the reference grid, values kept as they are."""
+    on_grid = sitk.GetImageFromArray(values.astype(np.float32))
+    on_grid.CopyInformation(prepared.grid)
+    restored = sitk.Resample(
+        on_grid, prepared.reference_image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32
+    )
+    return sitk.GetArrayFromImage(restored)
+
+
+def _series_number(reference: Sequence[pydicom.Dataset], offset: int) -> int:
+    """Synthetic series sort after the reference in viewers: 1000 + reference number + offset."""
+    base = int(getattr(reference[0], "SeriesNumber", 0) or 0)
+    return 1000 + base * 10 + offset
+
+
+def record_written_series(session: Session, study: Study, written: dict[Contrast, list[Path]]) -> list[Series]:
+    """Register the synthetic series so export, review and status see them (they are never model inputs)."""
+    created = []
+    for contrast, paths in written.items():
+        first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+        series = Series(
+            study=study,
+            series_instance_uid=str(first.SeriesInstanceUID),
+            modality="MR",
+            series_number=int(first.SeriesNumber),
+            series_description=str(first.SeriesDescription),
+            frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")) or None,
+            contrast=contrast.value,
+            classification_reason="written by this node (Synthetic Data = YES)",
+            is_synthetic=True,
+        )
+        for path in paths:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            series.instances.append(
+                Instance(
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    sop_class_uid=str(ds.SOPClassUID),
+                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                    instance_number=int(ds.InstanceNumber),
+                    path=str(path),
+                    size_bytes=path.stat().st_size,
+                )
+            )
+        session.add(series)
+        created.append(series)
+    return created
+
+
+def apply_export_policy(session: Session, study: Study, settings: Settings) -> None:
+    """``auto``: approve now and schedule delivery; ``review``: wait for a radiologist."""
+    from codebrain_node.export.dispatch import schedule_exports
+
+    if settings.export.policy == "auto":
+        transition(session, study, StudyState.APPROVED, actor="policy:auto")
+        schedule_exports(session, study, settings)
+    else:
+        transition(session, study, StudyState.AWAITING_REVIEW, actor="policy:review")
+
+
+class Engine:
+    """One worker. ``run`` loops until ``stop`` is set; ``run_once`` does at most one job (for tests, `impute`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        model: LoadedModel | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.name = name or worker_name()
+        self._model = model
+
+    @property
+    def model(self) -> LoadedModel:
+        """Loaded on first use, so a node with an empty queue starts fast."""
+        if self._model is None:
+            self._model = load_model(self.settings.model.weights, self.settings.model.device)
+        return self._model
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("engine worker %s started", self.name)
+        while not stop.is_set():
+            jobs.requeue_expired_leases(self.factory, self.settings.engine.lease_timeout_s)
+            if not self.run_once():
+                stop.wait(self.settings.engine.poll_interval_s)
+        log.info("engine worker %s stopped", self.name)
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when the queue is empty."""
+        job = jobs.claim_next_job(self.factory, self.name)
+        if job is None:
+            return False
+        started = time.perf_counter()
+        beat = _Heartbeat(self.factory, job.id, interval=max(1.0, self.settings.engine.lease_timeout_s / 4))
+        beat.start()
+        try:
+            result = self._run(job.id)
+        except Exception as error:  # any failure of one job must not stop the worker
+            log.exception("job %s failed on attempt %s", job.id, job.attempts)
+            jobs.fail_job(self.factory, job.id, f"{type(error).__name__}: {error}", worker_id=self.name)
+            return True
+        finally:
+            beat.stop()
+        result.timings["total_s"] = time.perf_counter() - started
+
+        def record(session: Session, finished: Job) -> None:
+            study = finished.study
+            record_written_series(session, study, result.written)
+            apply_export_policy(session, study, self.settings)
+            # Instances that arrived while the job ran were not among its inputs: look at the study again.
+            if as_utc(study.last_received_at) > as_utc(finished.claimed_at or finished.created_at):
+                reopen_if_settled(session, study, actor=f"engine:{self.name}")
+
+        model_name = f"{self.model.name} {self.model.version}"
+        try:
+            jobs.finish_job(
+                self.factory, job.id, timings=result.timings, model_name=model_name, worker_id=self.name, then=record
+            )
+        except jobs.LeaseLostError:
+            log.warning("job %s: lease lost while running; another worker retries it, this result is dropped", job.id)
+            return True
+        except Exception as error:
+            log.exception("job %s: could not record its result", job.id)
+            jobs.fail_job(self.factory, job.id, f"recording failed: {type(error).__name__}: {error}", self.name)
+            return True
+        log.info(
+            "job %s done: %s in %.1f s",
+            job.id,
+            ", ".join(c.value for c in result.written),
+            result.timings["total_s"],
+        )
+        return True
+
+    def _run(self, job_id: int) -> JobResult:
+        with self.factory() as session:
+            job = session.get(Job, job_id)
+            study_uid = job.study.study_instance_uid
+            clock = time.perf_counter()
+            inputs = load_inputs(session, job)
+            targets = [Contrast(name) for name in job.targets]
+        load_s = time.perf_counter() - clock
+        out_dir = self.settings.paths.data_dir / "synthetic" / study_uid
+        result = impute_study(
+            inputs,
+            targets,
+            self.model,
+            out_dir,
+            batch_size=self.settings.model.batch_size,
+            image_size=int(getattr(self.model.network.cfg, "image_size", 256)),
+        )
+        result.timings["load_s"] = load_s
+        return result
+
+
+class _Heartbeat:
+    """Tells the queue this worker is alive while a long job runs, so its lease does not expire."""
+
+    def __init__(self, factory: sessionmaker[Session], job_id: int, interval: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(factory, job_id, interval), daemon=True)
+
+    def _beat(self, factory: sessionmaker[Session], job_id: int, interval: float) -> None:
+        while not self._stop.wait(interval):
+            jobs.heartbeat(factory, job_id)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

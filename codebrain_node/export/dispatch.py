@@ -1,0 +1,247 @@
+"""The dispatcher: one Export row per (synthetic series, destination), sent once, retried, dead-lettered.
+
+On APPROVED, :func:`schedule_exports` creates the rows (the unique constraint makes it idempotent).
+:func:`run_due_exports` sends the rows that are due. Each send is claimed first in a short transaction (attempts
++1, next attempt pushed a lease ahead; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so several nodes never send one row
+at once), then delivered with no transaction open (SQLite keeps a single writer free for the receiver), then
+settled: SENT for good (a SENT row is never sent again), or back off ``backoff_initial_s * 2**(attempts-1)``
+capped at ``backoff_max_s``, or DEAD_LETTER after ``export.max_attempts``. A node that dies mid-send leaves the
+row PENDING with its lease: it is sent again when the lease ends (at least once, never lost).
+
+The study follows its exports: APPROVED → EXPORTED when every export is SENT, → DEAD_LETTER as soon as one is
+dead. ``codebrain-node export retry`` (:func:`retry_dead_letters`) gives dead rows fresh attempts and the study
+goes back to APPROVED.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from codebrain_node.config import Destination as DestinationSettings
+from codebrain_node.config import Settings
+from codebrain_node.db.models import Export, ExportStatus, Instance, Series, Study, StudyState, as_utc, utcnow
+from codebrain_node.db.session import transaction
+from codebrain_node.export.base import DeliveryError, Destination
+from codebrain_node.export.folder import FolderDestination
+from codebrain_node.export.scu import DicomDestination
+from codebrain_node.route.lifecycle import audit, transition
+
+log = logging.getLogger(__name__)
+
+ACTOR = "exporter"
+Clock = Callable[[], datetime]
+
+
+def build_destinations(settings: Settings) -> dict[str, Destination]:
+    """The configured destinations by name (one class per kind)."""
+    built: dict[str, Destination] = {}
+    for entry in settings.export.destinations:
+        built[entry.name] = _build(entry, settings)
+    return built
+
+
+def _build(entry: DestinationSettings, settings: Settings) -> Destination:
+    if entry.kind == "folder":
+        if entry.path is None:
+            raise ValueError(f"export destination {entry.name!r}: kind folder needs a path")
+        return FolderDestination(entry.name, entry.path)
+    if not (entry.ae_title and entry.host and entry.port):
+        raise ValueError(f"export destination {entry.name!r}: kind dicom needs ae_title, host and port")
+    return DicomDestination(
+        entry.name,
+        entry.ae_title,
+        entry.host,
+        entry.port,
+        settings.export.calling_ae_title,
+        timeout_s=settings.dicom.network_timeout_s,
+    )
+
+
+def backoff_s(attempts: int, initial_s: float, max_s: float) -> float:
+    """Seconds to wait after the ``attempts``-th failure: initial, 2x, 4x ... capped at ``max_s``."""
+    return min(initial_s * 2 ** max(attempts - 1, 0), max_s)
+
+
+def schedule_exports(session: Session, study: Study, settings: Settings, *, now: Clock = utcnow) -> int:
+    """Create the missing Export rows for ``study``'s synthetic series (call on APPROVED); returns how many."""
+    names = [entry.name for entry in settings.export.destinations]
+    if not names:
+        log.warning("study %s approved but export.destinations is empty: nothing to send", study.study_instance_uid)
+        return 0
+    series_ids = list(session.scalars(select(Series.id).where(Series.study_id == study.id, Series.is_synthetic)))
+    if not series_ids:
+        return 0
+    existing = set(
+        session.execute(select(Export.series_id, Export.destination).where(Export.series_id.in_(series_ids))).all()
+    )
+    created = 0
+    for series_id in series_ids:
+        for name in names:
+            if (series_id, name) not in existing:
+                session.add(
+                    Export(series_id=series_id, destination=name, status=ExportStatus.PENDING, next_attempt_at=now())
+                )
+                created += 1
+    if created:
+        session.flush()
+        audit(session, ACTOR, "export:scheduled", study, exports=created, destinations=names)
+    return created
+
+
+def run_due_exports(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    *,
+    now: Clock = utcnow,
+    destinations: Mapping[str, Destination] | None = None,
+) -> int:
+    """Send every export that is due; returns how many were delivered. ``now`` lets tests drive the clock."""
+    targets = dict(destinations) if destinations is not None else build_destinations(settings)
+    with transaction(factory) as session:  # approved studies whose rows a caller forgot get them here
+        approved = list(session.scalars(select(Study).where(Study.state == StudyState.APPROVED)))
+        for study in approved:
+            schedule_exports(session, study, settings, now=now)
+    # an approved study with nothing left to send (say re-approved, every series already SENT) settles too
+    touched_studies: set[int] = {study.id for study in approved}
+    with factory() as session:
+        due_ids = list(
+            session.scalars(
+                select(Export.id)
+                .where(Export.status == ExportStatus.PENDING, Export.next_attempt_at <= now())
+                .order_by(Export.next_attempt_at, Export.id)
+            )
+        )
+    sent = 0
+    for export_id in due_ids:
+        claim = _claim(factory, export_id, settings, now)
+        if claim is None:
+            continue  # another node took it, or it is no longer due
+        destination_name, files, study_id = claim
+        touched_studies.add(study_id)
+        error = _deliver(targets.get(destination_name), destination_name, files)
+        _settle(factory, export_id, error, settings, now)
+        sent += error is None
+    for study_id in touched_studies:
+        _settle_study(factory, study_id)
+    return sent
+
+
+def _claim(
+    factory: sessionmaker[Session], export_id: int, settings: Settings, now: Clock
+) -> tuple[str, list[Path], int] | None:
+    with transaction(factory) as session:
+        query = select(Export).where(Export.id == export_id).with_for_update(skip_locked=True)
+        export = session.scalars(query).first()
+        if export is None or export.status != ExportStatus.PENDING or as_utc(export.next_attempt_at) > now():
+            return None
+        export.attempts += 1
+        # the lease: if this node dies mid-send, the row is due again after this
+        export.next_attempt_at = now() + timedelta(seconds=max(settings.export.backoff_max_s, 60.0))
+        paths = session.scalars(
+            select(Instance.path).where(Instance.series_id == export.series_id).order_by(Instance.instance_number)
+        )
+        return export.destination, [Path(p) for p in paths], export.series.study_id
+
+
+def _deliver(destination: Destination | None, name: str, files: list[Path]) -> str | None:
+    """None when delivered, else the reason (never patient data)."""
+    if destination is None:
+        return f"destination {name!r} is not configured"
+    if not files:
+        return "series has no instances on record"
+    missing = [path for path in files if not path.exists()]
+    if missing:
+        return f"{len(missing)} file(s) of the series are missing, e.g. {missing[0].name}"
+    try:
+        destination.send(files)
+    except DeliveryError as exc:
+        return str(exc)
+    except Exception as exc:  # a bug in one destination must not stop the dispatcher
+        log.exception("export to %s failed unexpectedly", name)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _settle(factory: sessionmaker[Session], export_id: int, error: str | None, settings: Settings, now: Clock) -> None:
+    with transaction(factory) as session:
+        export = session.get(Export, export_id)
+        if export is None:
+            return
+        series_uid = export.series.series_instance_uid
+        study = export.series.study
+        if error is None:
+            export.status = ExportStatus.SENT
+            export.sent_at = now()
+            export.last_error = None
+            log.info("export %s series=%s → %s sent", export.id, series_uid, export.destination)
+            audit(session, ACTOR, "export:sent", study, series=series_uid, destination=export.destination)
+            return
+        export.last_error = error[:2000]
+        if export.attempts >= settings.export.max_attempts:
+            export.status = ExportStatus.DEAD_LETTER
+            log.error("export %s series=%s → %s dead-lettered: %s", export.id, series_uid, export.destination, error)
+            audit(
+                session,
+                ACTOR,
+                "export:dead_letter",
+                study,
+                series=series_uid,
+                destination=export.destination,
+                attempts=export.attempts,
+            )
+            return
+        delay = backoff_s(export.attempts, settings.export.backoff_initial_s, settings.export.backoff_max_s)
+        export.next_attempt_at = now() + timedelta(seconds=delay)
+        log.warning(
+            "export %s series=%s → %s failed (attempt %d/%d, next in %.0f s): %s",
+            export.id,
+            series_uid,
+            export.destination,
+            export.attempts,
+            settings.export.max_attempts,
+            delay,
+            error,
+        )
+
+
+def _settle_study(factory: sessionmaker[Session], study_id: int) -> None:
+    with transaction(factory) as session:
+        study = session.get(Study, study_id)
+        if study is None or StudyState(study.state) is not StudyState.APPROVED:
+            return
+        statuses = list(
+            session.scalars(select(Export.status).join(Series).where(Series.study_id == study_id, Series.is_synthetic))
+        )
+        if not statuses:
+            return
+        if any(ExportStatus(s) is ExportStatus.DEAD_LETTER for s in statuses):
+            transition(session, study, StudyState.DEAD_LETTER, ACTOR, reason="an export was dead-lettered")
+        elif all(ExportStatus(s) is ExportStatus.SENT for s in statuses):
+            transition(session, study, StudyState.EXPORTED, ACTOR, exports=len(statuses))
+
+
+def retry_dead_letters(factory: sessionmaker[Session], study_uid: str | None = None, *, now: Clock = utcnow) -> int:
+    """Give every dead-lettered export (of one study, or all) fresh attempts, due now; returns how many."""
+    with transaction(factory) as session:
+        query = select(Export).join(Series).join(Study).where(Export.status == ExportStatus.DEAD_LETTER)
+        if study_uid is not None:
+            query = query.where(Study.study_instance_uid == study_uid)
+        exports = list(session.scalars(query))
+        studies: dict[int, Study] = {}
+        for export in exports:
+            export.status = ExportStatus.PENDING
+            export.attempts = 0
+            export.next_attempt_at = now()
+            studies[export.series.study.id] = export.series.study
+        for study in studies.values():
+            if StudyState(study.state) is StudyState.DEAD_LETTER:
+                transition(session, study, StudyState.APPROVED, ACTOR, reason="export retry")
+        if exports:
+            log.info("export retry: %d dead-lettered export(s) of %d study(ies) due again", len(exports), len(studies))
+        return len(exports)

@@ -1,0 +1,300 @@
+"""``bench ingest``: C-STORE instances per second into our SCP and into DCMTK ``storescp``, same files, same run.
+
+The sender is DCMTK ``storescu`` (``TCP_NODELAY=1``), first over one association, then over several in parallel
+(the files split evenly among ``associations`` storescu processes). Each receiver writes to a fresh folder on the
+same filesystem; ``storescp`` runs with ``--fork`` in the parallel case, so both sides can use several
+associations at once.
+
+What each side promises differs, so two DCMTK figures are given: plain ``storescp`` (the reference of the
+issue) writes without fsync; ``storescp`` with ``--exec-on-reception "sync FILE" --exec-sync`` fsyncs each file
+before its C-STORE-RSP, as our spool does (ours also fsyncs the directory). CPU milliseconds per instance are
+reported too: on a shared machine they vary less than wall-clock rates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+STORESCU = Path("/usr/bin/storescu")
+STORESCP = Path("/usr/bin/storescp")
+SYNC = Path("/usr/bin/sync")
+BENCH_CALLING_AE = "STORESCU"
+BENCH_CALLED_AE = "CODEBRAIN"
+
+
+def make_mr_instance(
+    study_uid: str, series_uid: str, index: int, rows: int = 256, columns: int = 256, seed: int = 0
+) -> Dataset:
+    """One small synthetic MR Image Storage instance (int16 noise); no patient data beyond a dummy ID."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.Modality = "MR"
+    ds.PatientName = "BENCH^PHANTOM"
+    ds.PatientID = "BENCH"
+    ds.StudyDate = "20260101"
+    ds.StudyDescription = "ingest bench"
+    ds.SeriesDescription = "T1 bench"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = index + 1
+    ds.ImagePositionPatient = [0.0, 0.0, float(index)]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [1.0, 1.0]
+    ds.SliceThickness = 1.0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    pixels = np.random.default_rng(seed + index).integers(0, 4096, size=(rows, columns), dtype=np.int16)
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def write_mr_series(folder: Path, count: int, rows: int = 256, columns: int = 256) -> list[Path]:
+    """``count`` instances of one new study/series as Part 10 files in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    frame_of_reference = generate_uid()
+    paths = []
+    for index in range(count):
+        dataset = make_mr_instance(study_uid, series_uid, index, rows, columns)
+        dataset.FrameOfReferenceUID = frame_of_reference
+        path = folder / f"mr{index:05d}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def dcmtk_env() -> dict[str, str]:
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def storescu(
+    files: Sequence[Path], port: int, called_ae: str, calling_ae: str = BENCH_CALLING_AE, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Send ``files`` over one association with DCMTK storescu (full path: pynetdicom ships its own)."""
+    command = [str(STORESCU), "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=dcmtk_env(), check=False)
+
+
+def send_parallel(files: Sequence[Path], port: int, called_ae: str, associations: int) -> float:
+    """Send ``files`` split over ``associations`` concurrent storescu processes; seconds until all are done."""
+    chunks = [list(files[i::associations]) for i in range(associations)]
+    chunks = [chunk for chunk in chunks if chunk]
+    start = time.perf_counter()
+    processes = [
+        subprocess.Popen(
+            [str(STORESCU), "-aet", BENCH_CALLING_AE, "-aec", called_ae, "127.0.0.1", str(port), *map(str, chunk)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=dcmtk_env(),
+        )
+        for chunk in chunks
+    ]
+    failures = []
+    for process in processes:
+        _, error = process.communicate(timeout=600)
+        if process.returncode != 0:
+            failures.append(error.decode(errors="replace").strip().splitlines()[-1:] or ["?"])
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise RuntimeError(f"storescu failed: {failures[0][0]}")
+    return elapsed
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for path in folder.rglob("*") if path.is_file())
+
+
+def _run_storescp(folder: Path, port: int, fork: bool, fsync: bool = False) -> subprocess.Popen[bytes]:
+    command = [str(STORESCP), "-aet", BENCH_CALLED_AE, "-od", str(folder)]
+    if fork:
+        command.append("--fork")
+    if fsync:  # coreutils `sync FILE` fsyncs that file, run before the C-STORE-RSP goes back
+        command += ["--exec-on-reception", f"{SYNC} #p/#f", "--exec-sync"]
+    command.append(str(port))
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env())
+    _wait_listening(port)
+    return process
+
+
+def _wait_listening(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def _time_storescp(files: Sequence[Path], work: Path, associations: int, fsync: bool = False) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of storescp and its forked children)."""
+    folder = Path(tempfile.mkdtemp(prefix="storescp-", dir=work))
+    port = free_port()
+    process = _run_storescp(folder, port, fork=associations > 1, fsync=fsync)
+    try:
+        elapsed = send_parallel(files, port, BENCH_CALLED_AE, associations)
+    finally:
+        process.terminate()
+        _, _, usage = os.wait4(process.pid, 0)
+        process.returncode = 0
+    stored = _count_files(folder)
+    if stored != len(files):
+        raise RuntimeError(f"storescp stored {stored} of {len(files)} files")
+    shutil.rmtree(folder, ignore_errors=True)
+    return elapsed, usage.ru_utime + usage.ru_stime
+
+
+def _time_ours(files: Sequence[Path], work: Path, associations: int, tcp_nodelay: bool) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, where our SCP runs)."""
+    from codebrain_node.config import DicomSettings
+    from codebrain_node.receive.scp import Receiver
+    from codebrain_node.receive.spool import Spool
+
+    data_dir = Path(tempfile.mkdtemp(prefix="codebrain-", dir=work))
+    dicom = DicomSettings(
+        ae_title=BENCH_CALLED_AE,
+        bind_address="127.0.0.1",
+        port=free_port(),
+        allowed_callers=[BENCH_CALLING_AE],
+        max_associations=max(associations, 1) + 2,
+        min_free_disk_mb=0,
+    )
+    received: list[Any] = []
+    receiver = Receiver(dicom, Spool(data_dir), received.append, tcp_nodelay=tcp_nodelay).start()
+    cpu_start = time.process_time()
+    try:
+        elapsed = send_parallel(files, receiver.port, BENCH_CALLED_AE, associations)
+        cpu = time.process_time() - cpu_start
+    finally:
+        receiver.stop()
+    if len(received) != len(files):
+        raise RuntimeError(f"our SCP stored {len(received)} of {len(files)} files")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return elapsed, cpu
+
+
+def _time_pynetdicom_baseline(files: Sequence[Path], work: Path, associations: int) -> tuple[float, float]:
+    """The "before" figure: pynetdicom as its documentation writes a Storage SCP (TCP_NODELAY off, standard
+    logging handlers, 16 KiB PDUs, ``event.dataset`` decoded to read the UIDs, ``event.encoded_dataset()``
+    written), with the same durable write as ours so only the receive path differs."""
+    from pynetdicom import AE, _config, evt
+
+    from codebrain_node.receive.scp import STORAGE_CLASSES, TRANSFER_SYNTAXES
+    from codebrain_node.receive.spool import Spool
+
+    spool = Spool(Path(tempfile.mkdtemp(prefix="baseline-", dir=work)))
+    stored: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        dataset = event.dataset  # decodes the whole dataset, as the pynetdicom examples do
+        final = spool.path_for(dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID)
+        spool._write_durably((event.encoded_dataset(),), final)
+        stored.append(dataset.SOPInstanceUID)
+        return 0x0000
+
+    previous_level = _config.LOG_HANDLER_LEVEL
+    _config.LOG_HANDLER_LEVEL = "standard"
+    try:
+        ae = AE(ae_title=BENCH_CALLED_AE)
+        for storage_class in STORAGE_CLASSES:
+            ae.add_supported_context(storage_class, list(TRANSFER_SYNTAXES))
+        ae.maximum_associations = associations + 2
+        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    finally:
+        _config.LOG_HANDLER_LEVEL = previous_level
+    cpu_start = time.process_time()
+    try:
+        elapsed = send_parallel(files, int(server.server_address[1]), BENCH_CALLED_AE, associations)
+        cpu = time.process_time() - cpu_start
+    finally:
+        ae.shutdown()
+    if len(stored) != len(files):
+        raise RuntimeError(f"baseline SCP stored {len(stored)} of {len(files)} files")
+    shutil.rmtree(spool.data_dir, ignore_errors=True)
+    return elapsed, cpu
+
+
+def bench_ingest(
+    n_instances: int = 500,
+    associations: int = 4,
+    *,
+    rows: int = 256,
+    columns: int = 256,
+    work_dir: Path | None = None,
+    compare_without_nodelay: bool = True,
+    compare_baseline: bool = True,
+) -> dict[str, Any]:
+    """Instances/s for our SCP and for storescp, over 1 and ``associations`` associations, and their ratios.
+
+    Our SCP runs in this process (the recorder is not involved: it works off the association threads, and the
+    database is not what is measured). ``compare_without_nodelay`` adds our figures with Nagle left on,
+    ``compare_baseline`` those of a plain pynetdicom SCP written as its documentation shows (the "before")."""
+    for tool in (STORESCU, STORESCP):
+        if not tool.exists():
+            raise RuntimeError(f"{tool} not found (install DCMTK)")
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=work_dir))
+    try:
+        files = write_mr_series(work / "files", n_instances, rows, columns)
+        size = sum(path.stat().st_size for path in files)
+        result: dict[str, Any] = {
+            "instances": n_instances,
+            "bytes_per_instance": size // max(n_instances, 1),
+            "associations": associations,
+            "runs": {},
+        }
+        plans = [1, associations] if associations > 1 else [1]
+        for count in plans:
+            theirs, theirs_cpu = _time_storescp(files, work, count)
+            ours, ours_cpu = _time_ours(files, work, count, tcp_nodelay=True)
+            run = {
+                "storescp_per_s": round(n_instances / theirs, 1),
+                "ours_per_s": round(n_instances / ours, 1),
+                "ratio": round(theirs / ours, 3),
+                "storescp_cpu_ms_per_instance": round(1000 * theirs_cpu / n_instances, 3),
+                "ours_cpu_ms_per_instance": round(1000 * ours_cpu / n_instances, 3),
+            }
+            if SYNC.exists():
+                durable, _ = _time_storescp(files, work, count, fsync=True)
+                run["storescp_fsync_per_s"] = round(n_instances / durable, 1)
+                run["ratio_vs_storescp_fsync"] = round(durable / ours, 3)
+            if compare_without_nodelay:
+                plain, _ = _time_ours(files, work, count, tcp_nodelay=False)
+                run["ours_without_nodelay_per_s"] = round(n_instances / plain, 1)
+            if compare_baseline:
+                before, before_cpu = _time_pynetdicom_baseline(files, work, count)
+                run["pynetdicom_baseline_per_s"] = round(n_instances / before, 1)
+                run["pynetdicom_baseline_cpu_ms_per_instance"] = round(1000 * before_cpu / n_instances, 3)
+            result["runs"][f"{count}_association{'s' if count > 1 else ''}"] = run
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,227 @@
+"""What a received dataset is filed under: its UIDs and the few attributes the database keeps, read cheaply.
+
+Everything needed lives in groups 0008-0020, ahead of the pixel data, so nothing past group 0020 is read and
+nothing is decoded. The common case (explicit or implicit VR little endian, defined lengths, a single-byte or
+UTF-8 character set) is read by :func:`scan_header`, a direct walk over the element headers costing a few
+microseconds, where building a pydicom Dataset cost most of the receiver's CPU per instance after pynetdicom
+itself. Anything else (big endian, deflate, an undefined-length sequence before group 0028, ISO 2022 character
+sets, bytes that do not look like DICOM) goes to pydicom, which stays the reference.
+
+Statuses (PS3.4 B.2.3): a dataset without a readable SOP Class UID (every valid instance carries it near the
+start) cannot be understood (0xC000); a readable one lacking Study/Series/SOP Instance UID, or whose UIDs differ
+from the C-STORE request, does not match its SOP class (0xA900).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Mapping
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import config as pydicom_config
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+#: The attributes read on receipt (keyword → tag); all lie in groups 0008-0020.
+HEADER_TAGS: dict[str, int] = {
+    keyword: int(Tag(keyword))
+    for keyword in (
+        "SpecificCharacterSet",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "SyntheticData",
+        "StudyDate",
+        "AccessionNumber",
+        "Modality",
+        "StudyDescription",
+        "SeriesDescription",
+        "PatientName",
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "InstanceNumber",
+        "FrameOfReferenceUID",
+    )
+}
+_KEYWORD_OF = {tag: keyword for keyword, tag in HEADER_TAGS.items()}
+_LAST_TAG = max(HEADER_TAGS.values())
+
+#: Explicit VRs with a 4-byte length after two reserved bytes (PS3.5 7.1.2).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_VR = re.compile(rb"^[A-Z]{2}$")
+#: Character sets a plain codec decodes; anything else (ISO 2022 escapes) goes to pydicom.
+_CODECS = {"": "latin-1", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_TAG, _SHORT, _LONG = struct.Struct("<HH"), struct.Struct("<H"), struct.Struct("<I")
+
+Header = dict[str, str | None]
+
+
+class HeaderError(ValueError):
+    """The dataset cannot be filed: unreadable, or a required UID missing or invalid."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def is_valid_uid(value: object) -> bool:
+    """A DICOM UID (digits and dots, at most 64 characters): also what makes it safe as a file name."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+def scan_header(dataset: bytes, transfer_syntax_uid: str) -> Header | None:
+    """The wanted attributes as text, read straight from the element headers; None when pydicom must decide."""
+    if transfer_syntax_uid not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) and not _is_compressed_le(
+        transfer_syntax_uid
+    ):
+        return None
+    explicit = transfer_syntax_uid != ImplicitVRLittleEndian
+    raw: dict[int, bytes] = {}
+    position, end = 0, len(dataset)
+    unpack_tag, unpack_short, unpack_long = _TAG.unpack_from, _SHORT.unpack_from, _LONG.unpack_from
+    while position + 8 <= end:
+        group, element = unpack_tag(dataset, position)
+        tag = (group << 16) | element
+        if tag > _LAST_TAG:
+            break
+        if explicit:
+            vr = dataset[position + 4 : position + 6]
+            if not _VR.match(vr):
+                return None
+            if vr in _LONG_VRS:
+                if position + 12 > end:
+                    return None
+                (length,) = unpack_long(dataset, position + 8)
+                start = position + 12
+            else:
+                (length,) = unpack_short(dataset, position + 6)
+                start = position + 8
+        else:
+            (length,) = unpack_long(dataset, position + 4)
+            start = position + 8
+        if length == 0xFFFFFFFF or start + length > end:
+            return None  # an undefined-length sequence to walk, or a truncated element: pydicom's job
+        if tag in _KEYWORD_OF:
+            raw[tag] = dataset[start : start + length]
+        position = start + length
+    charset = raw.get(HEADER_TAGS["SpecificCharacterSet"], b"").decode("ascii", "replace").strip(" \0")
+    codec = _CODECS.get(charset.split("\\")[-1].strip() if charset else "")
+    if codec is None or "\\" in charset:
+        return None
+    header: Header = {}
+    for tag, value in raw.items():
+        text = value.decode(codec, "replace").strip(" \0")
+        header[_KEYWORD_OF[tag]] = text or None
+    return header
+
+
+def _is_compressed_le(transfer_syntax_uid: str) -> bool:
+    """Encapsulated syntaxes encode the dataset in explicit VR little endian; only the pixel data differs."""
+    uid = UID(transfer_syntax_uid)
+    return uid.is_compressed and uid != DeflatedExplicitVRLittleEndian
+
+
+def _past_group_0020(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag.group > 0x0020
+
+
+_QUIET_PYDICOM = threading.Lock()
+
+
+def _from_pydicom(parse: Callable[[], Dataset]) -> Header:
+    """Read with pydicom, its value validation off: on garbage it logs the offending raw bytes, which may hold
+    patient data. (The setting is global; the lock keeps save/restore of it consistent between threads.)"""
+    with _QUIET_PYDICOM:
+        previous = pydicom_config.settings.reading_validation_mode
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        try:
+            dataset = parse()
+            header: Header = {}
+            for keyword in HEADER_TAGS:
+                value = dataset.get(keyword)
+                text = "" if value is None else str(value).strip(" \0")
+                header[keyword] = text or None
+        except Exception as exc:  # pydicom raises a wide range on garbage; none of it must reach the association
+            raise HeaderError(CANNOT_UNDERSTAND, f"unreadable dataset ({type(exc).__name__})") from None
+        finally:
+            pydicom_config.settings.reading_validation_mode = previous
+    return header
+
+
+def read_dataset_header(dataset: bytes, transfer_syntax_uid: str) -> Header:
+    """The header of a dataset as received (no File Meta): fast scan, else pydicom. Raises HeaderError."""
+    fast = scan_header(dataset, transfer_syntax_uid)
+    if fast is not None:
+        return fast
+
+    def parse() -> Dataset:
+        stream = dataset
+        if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+            stream = zlib.decompress(dataset, -zlib.MAX_WBITS)
+        return read_dataset(
+            BytesIO(stream),
+            is_implicit_VR=transfer_syntax_uid == ImplicitVRLittleEndian,
+            is_little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
+            stop_when=_past_group_0020,
+            specific_tags=list(HEADER_TAGS.values()),
+        )
+
+    return _from_pydicom(parse)
+
+
+def read_file_header(path: Path) -> tuple[Header, str | None]:
+    """The header of a Part 10 file and its transfer syntax (crash recovery). Raises HeaderError."""
+    holder: dict[str, str | None] = {}
+
+    def parse() -> Dataset:
+        dataset = dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+        meta = getattr(dataset, "file_meta", None)
+        holder["ts"] = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
+        return dataset
+
+    header = _from_pydicom(parse)
+    return header, holder.get("ts")
+
+
+def filing_uids(header: Mapping[str, str | None]) -> dict[str, str]:
+    """Study, Series, SOP Instance and SOP Class UIDs, checked; raises HeaderError with the status to answer."""
+    if not is_valid_uid(header.get("SOPClassUID")):
+        raise HeaderError(CANNOT_UNDERSTAND, "no readable SOP Class UID")
+    uids = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = header.get(keyword)
+        if value is None:
+            raise HeaderError(DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} missing")
+        if not is_valid_uid(value):
+            raise HeaderError(DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is not a valid UID")
+        uids[keyword] = value
+    return uids
+
+
+def integer(header: Mapping[str, str | None], keyword: str) -> int | None:
+    """IS values ("12", " 3.0") as int; None when absent or not a number."""
+    value = header.get(keyword)
+    try:
+        return int(float(value)) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,223 @@
+"""The Storage SCP: pynetdicom raises events, these handlers decide; storage is one call into the spool.
+
+Accepted: Verification, and MR Image Storage / Enhanced MR Image Storage in the uncompressed syntaxes (implicit
+and explicit little endian, deflate, explicit big endian) and the compressed ones (JPEG baseline/extended/lossless,
+JPEG-LS, JPEG 2000, HTJ2K, RLE). Compressed pixel data is stored as sent; the engine decodes it later. Any other
+SOP class gets its presentation context rejected ("abstract syntax not supported").
+
+Association policy, checked on EVT_REQUESTED before negotiation:
+  - calling AE title not in ``dicom.allowed_callers`` (unless ``accept_unknown_callers``): A-ASSOCIATE-RJ
+    permanent, service user, "calling AE title not recognised";
+  - peer address not in ``dicom.allowed_hosts`` (when set): permanent, service user, no reason given;
+  - free disk below ``dicom.min_free_disk_mb``: transient, service provider, "local limit exceeded";
+  - more than ``dicom.max_associations`` at once: pynetdicom rejects transient, "local limit exceeded".
+
+Speed: accepted sockets get TCP_NODELAY (pynetdicom leaves Nagle on, which holds back the small C-STORE-RSP
+until the peer's delayed ACK); the dataset is never decoded (the C-STORE primitive's bytes are written as sent,
+the header is read only up to group 0020, the File Meta is packed by hand); pynetdicom's per-PDU logging
+handlers are not bound; a larger maximum PDU means fewer PDUs per instance. pynetdicom's 1 ms polling of each
+association's network thread is left as it is: 0.2 ms was not faster here and cost 5 % of a core per open
+association. ``bench ingest`` measures all of this.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom import uid as uids
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage, Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from codebrain_node.config import DicomSettings
+from codebrain_node.receive.spool import CANNOT_UNDERSTAND, ReceivedInstance, Spool
+
+log = logging.getLogger(__name__)
+
+STORAGE_CLASSES = (MRImageStorage, EnhancedMRImageStorage)
+
+TRANSFER_SYNTAXES = (
+    uids.ExplicitVRLittleEndian,
+    uids.ImplicitVRLittleEndian,
+    uids.DeflatedExplicitVRLittleEndian,
+    uids.ExplicitVRBigEndian,
+    uids.JPEGBaseline8Bit,
+    uids.JPEGExtended12Bit,
+    uids.JPEGLossless,
+    uids.JPEGLosslessSV1,
+    uids.JPEGLSLossless,
+    uids.JPEGLSNearLossless,
+    uids.JPEG2000Lossless,
+    uids.JPEG2000,
+    uids.HTJ2KLossless,
+    uids.HTJ2KLosslessRPCL,
+    uids.HTJ2K,
+    uids.RLELossless,
+)
+
+#: Our maximum PDU receive length: 16 x the DCMTK default, so a 128 KiB slice arrives in one or two PDUs.
+MAX_PDU_BYTES = 262_144
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
+REJECT_UNKNOWN_CALLER = (0x01, 0x01, 0x03)
+REJECT_HOST = (0x01, 0x01, 0x01)
+REJECT_LOW_DISK = (0x02, 0x03, 0x02)
+
+
+class NoDelayAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY on every accepted connection."""
+
+    tcp_nodelay = True
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        if self.tcp_nodelay:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+class PlainAssociationServer(NoDelayAssociationServer):
+    """Nagle left on, as pynetdicom ships: only for ``bench ingest`` before/after figures."""
+
+    tcp_nodelay = False
+
+
+@dataclass
+class ReceiverStats:
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    rejected_associations: int = 0
+
+
+class Receiver:
+    """The listening SCP. ``on_stored`` gets each newly spooled instance (the recorder's ``submit``)."""
+
+    def __init__(
+        self,
+        dicom: DicomSettings,
+        spool: Spool,
+        on_stored: Callable[[ReceivedInstance], None],
+        *,
+        tcp_nodelay: bool = True,
+    ) -> None:
+        self.dicom = dicom
+        self.spool = spool
+        self.on_stored = on_stored
+        self.tcp_nodelay = tcp_nodelay
+        self.stats = ReceiverStats()
+        self._stats_lock = threading.Lock()
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        self.ae = self._make_ae()
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.dicom.ae_title)
+        ae.add_supported_context(Verification)
+        for storage_class in STORAGE_CLASSES:
+            ae.add_supported_context(storage_class, list(TRANSFER_SYNTAXES))
+        ae.maximum_associations = self.dicom.max_associations
+        ae.acse_timeout = self.dicom.acse_timeout_s
+        ae.dimse_timeout = self.dicom.dimse_timeout_s
+        ae.network_timeout = self.dicom.network_timeout_s
+        ae.maximum_pdu_size = MAX_PDU_BYTES
+        return ae
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("receiver not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> Receiver:
+        """Listen on ``dicom.bind_address:dicom.port`` (port 0: any free port, see :attr:`port`)."""
+        # The standard handlers log every PDU and DIMSE message; they cost time on each instance.
+        _config.LOG_HANDLER_LEVEL = "none"
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        server_class = NoDelayAssociationServer if self.tcp_nodelay else PlainAssociationServer
+        server = self.ae.make_server(
+            (self.dicom.bind_address, self.dicom.port), evt_handlers=handlers, server_class=server_class
+        )
+        self.ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() stops it too
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="codebrain-scp", daemon=True)
+        self._thread.start()
+        log.info(
+            "DICOM receiver %s listening on %s:%d (tcp_nodelay=%s)",
+            self.dicom.ae_title,
+            self.dicom.bind_address,
+            self.port,
+            self.tcp_nodelay,
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, then abort the open associations: a store being written still completes (its peer,
+        having no success status, sends it again and gets the idempotent duplicate answer)."""
+        if self._server is not None:
+            self._server.shutdown()  # also takes it out of the AE's list of servers
+            self._server = None
+        self.ae.shutdown()
+
+    # --- handlers -------------------------------------------------------------------------------------------
+
+    def _on_requested(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        # pynetdicom fills requestor.ae_title only during negotiation, which comes after this event.
+        calling = (requestor.primitive.calling_ae_title or "").strip()
+        host = requestor.address
+        reason = None
+        if not self.dicom.accept_unknown_callers and calling not in self.dicom.allowed_callers:
+            reason, rejection = "calling AE title not recognised", REJECT_UNKNOWN_CALLER
+        elif self.dicom.allowed_hosts and host not in self.dicom.allowed_hosts:
+            reason, rejection = "host not allowed", REJECT_HOST
+        elif not self.spool.has_room():
+            reason, rejection = "free disk below dicom.min_free_disk_mb", REJECT_LOW_DISK
+        if reason is None:
+            return
+        with self._stats_lock:
+            self.stats.rejected_associations += 1
+        log.warning("association from %s at %s rejected: %s", calling, host, reason)
+        event.assoc.acse.send_reject(*rejection)
+        # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is out before the socket closes.
+        event.assoc.kill()
+
+    def _on_echo(self, event: Event) -> int:
+        return 0x0000
+
+    def _on_store(self, event: Event) -> int:
+        request = event.request
+        calling = (event.assoc.requestor.ae_title or "").strip()
+        try:
+            outcome = self.spool.store(
+                # the dataset bytes exactly as the peer sent them; the spool adds the File Meta itself
+                request.DataSet.getvalue(),
+                sop_class_uid=str(request.AffectedSOPClassUID),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                calling_ae_title=calling,
+            )
+        except Exception:
+            log.exception("store failed 0xC000: unexpected error (sop=%s)", request.AffectedSOPInstanceUID)
+            with self._stats_lock:
+                self.stats.failed += 1
+            return CANNOT_UNDERSTAND
+        with self._stats_lock:
+            if outcome.instance is not None:
+                self.stats.stored += 1
+            elif outcome.duplicate:
+                self.stats.duplicates += 1
+            elif outcome.status != 0:
+                self.stats.failed += 1
+        if outcome.instance is not None:
+            self.on_stored(outcome.instance)
+        return outcome.status

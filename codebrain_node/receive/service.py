@@ -1,0 +1,42 @@
+"""The receive stage as one unit for ``serve``: clean and recover the spool, start the recorder, then listen."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from codebrain_node.config import Settings
+from codebrain_node.receive.recorder import Recorder, recover_spool
+from codebrain_node.receive.scp import Receiver
+from codebrain_node.receive.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReceiveService:
+    spool: Spool
+    recorder: Recorder
+    receiver: Receiver
+
+    @property
+    def port(self) -> int:
+        return self.receiver.port
+
+    def stop(self) -> None:
+        """Stop listening first, then let the recorder file what is queued."""
+        self.receiver.stop()
+        self.recorder.stop()
+
+
+def start_receive_service(
+    settings: Settings, factory: sessionmaker[Session], *, tcp_nodelay: bool = True
+) -> ReceiveService:
+    """Recover what a previous run acknowledged but did not record, then accept associations."""
+    spool = Spool(settings.paths.data_dir, settings.dicom.min_free_disk_mb)
+    recover_spool(factory, spool)
+    recorder = Recorder(factory).start()
+    receiver = Receiver(settings.dicom, spool, recorder.submit, tcp_nodelay=tcp_nodelay).start()
+    return ReceiveService(spool=spool, recorder=recorder, receiver=receiver)

@@ -1,0 +1,168 @@
+"""``codebrain-node serve``: the pipeline's stages wired together, started in order and stopped cleanly.
+
+    receive (SCP + spool + recorder) → scheduler (stable studies → jobs; due exports) → engine workers → export
+                                                                              └────── review web app
+
+Engine workers run as separate processes (``codebrain-node worker``) so a model run never stalls the receiver;
+tests and ``demo`` may run them as threads. Every piece of state is in the database and the spool, so a restart
+(even after SIGKILL) resumes every unfinished study, job and export.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.orm import Session, sessionmaker
+
+from codebrain_node.config import Settings
+from codebrain_node.contrasts import Contrast
+from codebrain_node.db.session import make_engine, session_factory, upgrade
+from codebrain_node.engine import Engine
+from codebrain_node.export.dispatch import run_due_exports
+from codebrain_node.receive.service import ReceiveService, start_receive_service
+from codebrain_node.route.stable import make_scheduler
+from codebrain_node.weights import LoadedModel, model_contrasts
+
+log = logging.getLogger(__name__)
+
+EXPORT_JOB_ID = "export-due"
+
+
+class Node:
+    """The running node. ``start()`` then ``stop()``; ``engine_mode="thread"`` keeps workers in this process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_file: Path | None = None,
+        engine_mode: Literal["process", "thread", "none"] = "process",
+        model: LoadedModel | None = None,
+        review: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_file = config_file
+        self.engine_mode = engine_mode
+        self.model = model
+        self.review_enabled = settings.review.enabled if review is None else review
+        self.db = make_engine(settings.database_url)
+        self.factory: sessionmaker[Session] = session_factory(self.db)
+        self.stop_event = threading.Event()
+        self.receive: ReceiveService | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.review = None
+        self._threads: list[threading.Thread] = []
+        self._workers: list[subprocess.Popen[bytes]] = []
+        self._supervisor: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self.receive is None:
+            raise RuntimeError("the node is not started")
+        return self.receive.port
+
+    def start(self) -> Node:
+        """Migrate, then start each stage; the receiver last (it first files what the spool holds unrecorded)."""
+        upgrade(self.db)
+        contrasts = self.model.contrasts if self.model else model_contrasts(self.settings.model.weights)
+        self.scheduler = make_scheduler(self.factory, self.settings, [Contrast(c) for c in contrasts])
+        self.scheduler.add_job(
+            run_due_exports,
+            "interval",
+            seconds=self.settings.routing.check_interval_s,
+            kwargs={"factory": self.factory, "settings": self.settings},
+            id=EXPORT_JOB_ID,
+            replace_existing=True,
+        )
+        self.scheduler.start()
+        self._start_engines()
+        if self.review_enabled:
+            from codebrain_node.review.server import ReviewServer
+
+            self.review = ReviewServer(self.settings, self.factory).start()
+        self.receive = start_receive_service(self.settings, self.factory)
+        log.info("node %s ready on port %d", self.settings.dicom.ae_title, self.port)
+        return self
+
+    def _start_engines(self) -> None:
+        count = self.settings.engine.workers
+        if self.db.dialect.name == "sqlite" and count > 1:
+            log.warning("SQLite holds one engine worker; running 1 of the %d configured", count)
+            count = 1
+        if self.engine_mode == "thread":
+            for index in range(count):
+                engine = Engine(self.settings, self.factory, model=self.model, name=f"thread-{index}")
+                thread = threading.Thread(target=engine.run, args=(self.stop_event,), name=f"engine-{index}")
+                thread.start()
+                self._threads.append(thread)
+        elif self.engine_mode == "process":
+            self._workers = [self._spawn_worker() for _ in range(count)]
+            self._supervisor = threading.Thread(target=self._supervise, name="engine-supervisor", daemon=True)
+            self._supervisor.start()
+
+    def _spawn_worker(self) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "codebrain_node"]
+        if self.config_file:
+            command += ["--config", str(self.config_file)]
+        return subprocess.Popen([*command, "worker"])
+
+    def _supervise(self) -> None:
+        """Restart a worker process that died (with a pause, so a crash loop does not spin)."""
+        while not self.stop_event.wait(2.0):
+            for index, process in enumerate(self._workers):
+                if process.poll() is not None and not self.stop_event.is_set():
+                    log.warning("engine worker exited with %s; restarting it", process.returncode)
+                    time.sleep(2.0)
+                    self._workers[index] = self._spawn_worker()
+
+    def stop(self) -> None:
+        """Stop accepting, let the recorder file what arrived, stop the workers and the scheduler."""
+        self.stop_event.set()
+        if self.receive is not None:
+            self.receive.stop()
+        if self.review is not None:
+            self.review.stop()
+        for process in self._workers:
+            process.send_signal(signal.SIGTERM)
+        for process in self._workers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.db.dispose()
+        log.info("node stopped")
+
+
+def run_until_signal(node: Node) -> None:
+    """Block until SIGTERM or SIGINT, then stop the node."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    node.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        node.stop()
+
+
+def run_worker(settings: Settings) -> None:
+    """``codebrain-node worker``: engine loops only (for ``serve``'s children and for extra machines)."""
+    db = make_engine(settings.database_url)
+    upgrade(db)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    Engine(settings, session_factory(db)).run(stop)

@@ -1,0 +1,17 @@
+"""``bench ingest`` runs end to end on a handful of tiny instances (figures themselves are not asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from codebrain_node.receive.bench import STORESCP, STORESCU, bench_ingest
+
+
+@pytest.mark.skipif(not (STORESCU.exists() and STORESCP.exists()), reason="DCMTK storescu/storescp not installed")
+def test_bench_ingest_reports_both_receivers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = bench_ingest(6, 2, rows=16, columns=16, work_dir=tmp_path, compare_baseline=False)
+    assert set(result["runs"]) == {"1_association", "2_associations"}
+    for run in result["runs"].values():
+        assert run["ours_per_s"] > 0 and run["storescp_per_s"] > 0 and run["ours_without_nodelay_per_s"] > 0
+        assert run["ratio"] == pytest.approx(run["ours_per_s"] / run["storescp_per_s"], rel=0.05)
+    assert not list(tmp_path.iterdir())  # the work folder is removed
