@@ -1,0 +1,143 @@
+"""The evaluation protocol: pattern enumeration, metrics, the scoring harness and the ``evaluate`` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from standin_data import make_splits, tiny_model_config
+
+from codebrain_node.model import CodeBrain, DirectRegression, save_inference_checkpoint
+from training.baselines import NearestContrast
+from training.evaluate import NearestMethod, evaluate, missing_patterns, pattern_pairs, score_methods
+from training.metrics import mae, psnr, slice_metrics, ssim
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_patterns_are_every_nonempty_proper_subset(n):
+    patterns = missing_patterns(n)
+    assert len(patterns) == 2**n - 2 == len(set(patterns))
+    assert all(0 < len(p) < n for p in patterns)
+    pairs = pattern_pairs(n)
+    assert len(pairs) == n * (2 ** (n - 1) - 1)  # Σ_k C(n,k)(n−k)
+    assert all(target not in pattern for pattern, target in pairs)
+
+
+def test_paper_counts_for_ixi_and_brats():
+    assert (len(missing_patterns(3)), len(pattern_pairs(3))) == (6, 9)
+    assert sum(len(p) == 1 for p, _ in pattern_pairs(3)) == 6  # six one-input scenarios, three two-input
+    assert (len(missing_patterns(4)), len(pattern_pairs(4))) == (14, 28)
+
+
+def test_metrics_on_known_images():
+    target = torch.rand(2, 32, 32)
+    perfect = slice_metrics(target, target, torch.ones(2, 32, 32, dtype=torch.bool))
+    assert torch.allclose(perfect["mae"], torch.zeros(2)) and torch.allclose(perfect["ssim"], torch.full((2,), 100.0))
+    assert torch.allclose(perfect["psnr"], torch.full((2,), 100.0))  # MSE floor: finite for a perfect slice
+    shifted = (target + 0.1).clamp(max=2.0)
+    assert torch.allclose(psnr(shifted, target), torch.full((2,), 20.0), atol=1e-4)  # MSE 0.01 → 20 dB
+    assert torch.allclose(mae(shifted, target), torch.full((2,), 0.1), atol=1e-6)
+    noisy = (target + 0.3 * torch.randn_like(target)).clamp(0, 1)
+    assert float(ssim(noisy, target).max()) < 0.9
+    # masked: an error outside the mask does not count
+    mask = torch.zeros(2, 32, 32, dtype=torch.bool)
+    mask[:, 8:24, 8:24] = True
+    corrupted = torch.where(mask, target, 1 - target)
+    assert torch.allclose(mae(corrupted, target, mask), torch.zeros(2))
+    assert bool((mae(corrupted, target) > 0).all())
+
+
+def test_ssim_and_psnr_agree_with_scikit_image():
+    metrics = pytest.importorskip("skimage.metrics", reason="scikit-image not installed (reference check only)")
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(40, 48, generator=generator, dtype=torch.float64)
+    b = (a + 0.1 * torch.randn(40, 48, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    reference = metrics.structural_similarity(
+        a.numpy(), b.numpy(), gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1
+    )
+    assert float(ssim(a[None], b[None])) == pytest.approx(reference, abs=1e-5)
+    assert float(psnr(a[None], b[None])) == pytest.approx(
+        metrics.peak_signal_noise_ratio(a.numpy(), b.numpy(), data_range=1), abs=1e-4
+    )
+
+
+@dataclass
+class Oracle:
+    name: str = "oracle"
+
+    def predict(self, images, available, context, brain_mask):
+        return images.clone()
+
+
+@dataclass
+class Blank:
+    name: str = "blank"
+
+    def predict(self, images, available, context, brain_mask):
+        return torch.where(available.view(*available.shape, 1, 1), images, torch.zeros_like(images))
+
+
+@pytest.mark.parametrize("contrasts", [("T1", "T2", "PD"), ("T1", "T1Gd", "T2", "FLAIR")])
+def test_harness_scores_every_pair_and_orders_methods(contrasts):
+    splits = make_splits(contrasts)
+    result = score_methods([Oracle(), Blank()], splits.test, contrasts, batch_size=3)
+    n = len(contrasts)
+    for method in ("oracle", "blank"):
+        assert sum(r["method"] == method for r in result.rows) == len(pattern_pairs(n))
+    oracle = [r for r in result.rows if r["method"] == "oracle"]
+    assert all(r["mae"] == 0 and r["mae_brain"] == 0 and r["psnr"] == pytest.approx(100.0) for r in oracle)
+    blank = result.summary["blank"]
+    assert set(blank) == {"all", "one_input", "multi_input"}
+    assert all(math.isfinite(v) for group in blank.values() for v in group.values())
+    assert blank["all"]["psnr"] < 30 < result.summary["oracle"]["all"]["psnr"]
+    assert blank["all"]["mae"] > 10
+    assert result.slices == len(splits.test)
+
+
+def test_nearest_contrast_is_near_perfect_on_identical_contrasts():
+    contrasts = ("T1", "T2", "PD")
+    splits = make_splits(contrasts, identical=True)
+    baseline = NearestContrast.fit(splits.train, contrasts)
+    result = score_methods([NearestMethod(baseline)], splits.test, contrasts, batch_size=4)
+    summary = result.summary["nearest contrast"]["all"]
+    assert summary["psnr"] > 60 and summary["ssim"] > 99.9 and summary["mae"] < 0.1
+
+
+def test_nearest_contrast_prefers_the_source_it_can_match():
+    contrasts = ("T1", "T2", "PD")  # stand-in: PD is a linear map of T1, T2 an inversion
+    baseline = NearestContrast.fit(make_splits(contrasts).train, contrasts)
+    assert baseline.source_for(target=2, available=[0, 1]) == 0
+    assert baseline.source_for(target=0, available=[1, 2]) == 2
+
+
+def test_evaluate_writes_table_csv_json_and_grid(tmp_path, capsys):
+    contrasts = ("T1", "T2", "FLAIR")
+    cfg = tiny_model_config(contrasts)
+    torch.manual_seed(0)
+    checkpoint = save_inference_checkpoint(CodeBrain(cfg), tmp_path / "codebrain.safetensors")
+    direct = save_inference_checkpoint(DirectRegression(cfg), tmp_path / "direct.safetensors")
+    result = evaluate(
+        checkpoint,
+        None,
+        tmp_path / "eval",
+        direct_checkpoint=direct,
+        datasets=make_splits(contrasts),
+        device="cpu",
+    )
+    methods = {"CodeBrain", "CodeBrain posterior code (upper bound)", "direct regression", "nearest contrast"}
+    assert set(result.summary) == methods
+    assert len(result.rows) == 9 * len(methods)
+    assert result.stage1_reconstruction_psnr is not None and math.isfinite(result.stage1_reconstruction_psnr)
+    printed = capsys.readouterr().out
+    assert "nearest contrast" in printed and "T1+T2 -> FLAIR" in printed
+    for name in ("table.txt", "pairs.csv", "summary.csv", "results.json", "examples.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0, name
+    with (tmp_path / "eval" / "pairs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 9 * len(methods) and {"psnr", "ssim", "mae", "psnr_brain"} <= set(rows[0])
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["summary"]["CodeBrain"]["all"]["psnr"] == pytest.approx(result.summary["CodeBrain"]["all"]["psnr"])

@@ -1,0 +1,79 @@
+"""Stage II: train the prior encoder to predict the Stage I code from an incomplete set (grading).
+
+Targets are the FSQ levels of the complete set under the *frozen* Stage I posterior encoder
+(``model.code_levels``); the prior sees the same slice with a random non-empty, non-full availability pattern
+(missing contrasts zero-filled) and is trained with the grading loss of the model config: ordinal BCE (the
+paper's) or cross-entropy (the classification ablation). Only the prior's weights change, so the run's final
+inference checkpoint is the complete CodeBrain model, ready for ``impute``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from codebrain_node.model import CodeBrain, encoder_input, grading_accuracy, grading_loss
+from training.loop import Distributed, autocast, clip_and_step, make_adamw, make_cosine_schedule, wrap_ddp
+from training.stage1 import masked_psnr_loss, random_availability
+from training.train_config import TrainConfig
+
+
+class Stage2Task:
+    name = "stage2"
+
+    def __init__(self, model: CodeBrain, cfg: TrainConfig, dist: Distributed) -> None:
+        if not isinstance(model, CodeBrain):
+            raise TypeError("Stage II trains the prior of a CodeBrain model; the direct baseline has no Stage II")
+        self.cfg, self.dist = cfg, dist
+        self.model = model.to(dist.device).eval()  # Stage I parts stay frozen (and in eval mode)
+        self.model.requires_grad_(False)
+        self.model.prior_encoder.requires_grad_(True).train()
+        # Only the prior is wrapped: it is the one module whose gradients need averaging across ranks.
+        self.prior = wrap_ddp(self.model.prior_encoder, dist)
+        self.optimizers = {"prior": make_adamw(self.model.prior_parameters(), cfg, cfg.lr)}
+        self.schedulers = {"prior": make_cosine_schedule(self.optimizers["prior"], cfg, cfg.steps)}
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def inference_model(self) -> nn.Module:
+        return self.model
+
+    def _logits_and_targets(
+        self, images: Tensor, available: Tensor, context: Tensor | None, prior: nn.Module
+    ) -> tuple[Tensor, Tensor]:
+        targets = self.model.code_levels(images, context)
+        with autocast(self.dist):
+            logits = prior(encoder_input(self.model.cfg, images, available, context))
+        return logits.float(), targets
+
+    def train_step(self, batch: dict[str, Tensor], step: int, generator: torch.Generator) -> dict[str, float]:
+        images, context = batch["image"], batch.get("context")
+        available = random_availability(images.shape[0], images.shape[1], generator).to(images.device)
+        logits, targets = self._logits_and_targets(images, available, context, self.prior)
+        cfg = self.model.cfg
+        loss = grading_loss(logits, targets, cfg.levels, cfg.grading)
+        optimizer = self.optimizers["prior"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = clip_and_step(optimizer, self.schedulers["prior"], self.cfg.grad_clip)
+        accuracy = grading_accuracy(logits.detach(), targets, cfg.levels, cfg.grading)
+        return {"loss": loss.item(), "code_accuracy": accuracy.item(), "grad_norm": grad_norm}
+
+    def validate(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, float]:
+        """Grading loss/accuracy and the PSNR of the full inference path on the missing contrasts."""
+        images, context = batch["image"], batch.get("context")
+        available = random_availability(images.shape[0], images.shape[1], generator).to(images.device)
+        self.model.prior_encoder.eval()
+        try:
+            logits, targets = self._logits_and_targets(images, available, context, self.model.prior_encoder)
+            imputed = self.model.impute(images, available, context).images
+        finally:
+            self.model.prior_encoder.train()
+        cfg = self.model.cfg
+        return {
+            "loss": grading_loss(logits, targets, cfg.levels, cfg.grading).item(),
+            "code_accuracy": grading_accuracy(logits, targets, cfg.levels, cfg.grading).item(),
+            "psnr_missing": -masked_psnr_loss(imputed, images, ~available).item(),
+        }

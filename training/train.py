@@ -1,0 +1,305 @@
+"""``train()``: the one entry point behind ``codebrain-node train`` and ``python -m training``.
+
+It resolves the configs, builds the data and the stage's task, and hands them to ``loop.run_training``.
+``gpus=K`` (K > 1) re-launches this same command under ``torch.distributed.run`` with K processes; under torchrun
+each process calls ``train()`` again and joins the process group from the environment.
+
+Run folder: ``config.json`` (everything this run was started with), ``metrics.jsonl``, ``curves.png``,
+``checkpoints/last.pt`` (training state, for ``--resume``) and, once finished, ``model.safetensors`` (weights +
+model config only; after Stage II the complete CodeBrain model for ``impute``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import Dataset
+
+from codebrain_node.contrasts import Contrast
+from codebrain_node.model import CodeBrain, DirectRegression, ModelConfig, load_inference_checkpoint
+from training.loop import (
+    CHECKPOINT_NAME,
+    INFERENCE_NAME,
+    TrainResult,
+    cleanup_distributed,
+    run_info_of,
+    run_training,
+    setup_distributed,
+)
+from training.stage1 import Stage1Task
+from training.stage2 import Stage2Task
+from training.train_config import TrainConfig
+
+log = logging.getLogger("training.train")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIG_DIR = REPO_ROOT / "configs" / "model"
+ARCHITECTURES = ("codebrain", "direct")
+
+
+class Splits(Protocol):
+    """What ``training.datasets.build_datasets`` returns (tests pass a stand-in with the same attributes)."""
+
+    train: Dataset
+    val: Dataset
+
+
+def resolve_model_config(spec: str | Path | ModelConfig) -> ModelConfig:
+    """``"small"`` / ``"paper"`` (configs/model/NAME.toml), a TOML path, or a ready ModelConfig."""
+    if isinstance(spec, ModelConfig):
+        return spec
+    path = Path(spec)
+    if not path.suffix and (MODEL_CONFIG_DIR / f"{spec}.toml").is_file():
+        path = MODEL_CONFIG_DIR / f"{spec}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.toml"))
+        raise FileNotFoundError(f"model config {spec!r} not found (a TOML file or one of {known})")
+    return ModelConfig.from_toml(path)
+
+
+def train(
+    stage: int,
+    config_path: str | Path | None,
+    data_dir: str | Path | None,
+    out_dir: str | Path,
+    from_run: str | Path | None = None,
+    resume: bool = False,
+    gpus: int | None = None,
+    model_config: str | Path | ModelConfig = "small",
+    arch: str = "codebrain",
+    *,
+    datasets: Splits | None = None,
+    stop_after_step: int | None = None,
+    device: str | None = None,
+) -> TrainResult:
+    """Train Stage 1 or 2 of CodeBrain (or the direct baseline, ``arch="direct"``, stage 1 only).
+
+    ``from_run``: the Stage I run folder Stage II starts from. ``resume``: continue ``out_dir`` exactly from its
+    last checkpoint, with the settings stored there. ``datasets``: pre-built splits (tests); otherwise built from
+    ``data_dir``. ``stop_after_step``: stop (with a checkpoint) as if pre-empted. ``device="cpu"`` forces CPU.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    if arch == "direct" and stage != 1:
+        raise ValueError("the direct-regression baseline is trained in one stage: use --stage 1")
+    if stage == 2 and from_run is None and not resume:
+        raise ValueError("Stage II starts from a Stage I run: pass --from RUN_DIR")
+    out_dir = Path(out_dir)
+    if gpus is not None and gpus > 1 and "LOCAL_RANK" not in os.environ:
+        return _relaunch_with_torchrun(
+            gpus,
+            stage,
+            config_path,
+            data_dir,
+            out_dir,
+            from_run,
+            resume,
+            model_config,
+            arch,
+            stop_after_step,
+            device,
+        )
+
+    stage_key: int | str = "direct" if arch == "direct" else stage
+    if resume:
+        info = run_info_of(out_dir / "checkpoints" / CHECKPOINT_NAME)
+        cfg = TrainConfig.from_dict(info["train_config"])
+        model_cfg = ModelConfig.from_dict(info["model_config"])
+        data_dir = data_dir or info.get("data_dir")
+        from_run = from_run or info.get("from_run")
+    else:
+        if config_path is None:
+            raise ValueError("a training config is needed (--config FILE), except with --resume")
+        cfg = TrainConfig.from_toml(config_path, stage_key)
+        model_cfg = None
+
+    dist = setup_distributed(device)
+    try:
+        torch.manual_seed(cfg.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
+        model, model_cfg = _build_model(stage, arch, model_cfg, model_config, from_run)
+        size = cfg.data.size or model_cfg.image_size
+        if datasets is None:
+            if data_dir is None:
+                raise ValueError("no data: pass --data DIR")
+            datasets = _build_splits(Path(data_dir), model_cfg, cfg, size)
+        task = Stage2Task(model, cfg, dist) if stage == 2 else Stage1Task(model, cfg, dist)
+        run_info: dict[str, Any] = {
+            "stage": stage,
+            "arch": arch,
+            "train_config": cfg.to_dict(),
+            "model_config": model_cfg.to_dict(),
+            "data_dir": None if data_dir is None else str(data_dir),
+            "from_run": None if from_run is None else str(from_run),
+            "world_size": dist.world_size,
+            "image_size": size,
+        }
+        metadata = {
+            "trainer_stage": str(stage),
+            "trainer_arch": arch,
+            "train_config_name": cfg.name,
+            "data_split": json.dumps(
+                {
+                    "val_fraction": cfg.data.val_fraction,
+                    "test_fraction": cfg.data.test_fraction,
+                    "seed": cfg.data.split_seed,
+                    "size": size,
+                }
+            ),
+        }
+        return run_training(
+            task,
+            datasets.train,
+            getattr(datasets, "val", None),
+            cfg,
+            out_dir,
+            dist,
+            run_info=run_info,
+            resume=resume,
+            stop_after_step=stop_after_step,
+            inference_metadata=metadata,
+        )
+    finally:
+        cleanup_distributed(dist)
+
+
+def _build_model(
+    stage: int,
+    arch: str,
+    stored: ModelConfig | None,
+    spec: str | Path | ModelConfig,
+    from_run: str | Path | None,
+) -> tuple[CodeBrain | DirectRegression, ModelConfig]:
+    """Stage II: the Stage I run's network (its config wins); otherwise a fresh network of the chosen config."""
+    if stage == 2:
+        if from_run is not None:
+            model = load_inference_checkpoint(Path(from_run) / INFERENCE_NAME)
+            if not isinstance(model, CodeBrain):
+                raise TypeError(f"{from_run} holds a {type(model).__name__}, not a CodeBrain Stage I model")
+            return model, model.cfg
+        # Resuming Stage II: the checkpoint restores every weight; only the architecture is needed here.
+        return CodeBrain(stored), stored
+    cfg = stored or resolve_model_config(spec)
+    return (DirectRegression(cfg) if arch == "direct" else CodeBrain(cfg)), cfg
+
+
+def _build_splits(data_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, size: int) -> Splits:
+    from training.datasets import build_datasets
+
+    return build_datasets(
+        data_dir,
+        [Contrast(c) for c in model_cfg.contrasts],
+        size=size,
+        context_slices=model_cfg.context_slices,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.data.split_seed,
+        cache_dir=cfg.data.cache_dir,
+    )
+
+
+def build_argv(
+    stage: int,
+    config_path: str | Path | None,
+    data_dir: str | Path | None,
+    out_dir: str | Path,
+    from_run: str | Path | None = None,
+    resume: bool = False,
+    model_config: str | Path | ModelConfig = "small",
+    arch: str = "codebrain",
+    stop_after_step: int | None = None,
+    device: str | None = None,
+) -> list[str]:
+    """The ``python -m training`` arguments that reproduce a ``train()`` call (used by the torchrun re-launch)."""
+    if isinstance(model_config, ModelConfig):
+        raise TypeError("a --gpus re-launch needs the model config as a name or file, not an object")
+    argv = ["--stage", str(stage), "--out", str(out_dir), "--model", str(model_config), "--arch", arch]
+    optional = {
+        "--config": config_path,
+        "--data": data_dir,
+        "--from": from_run,
+        "--stop-after-step": stop_after_step,
+    }
+    optional["--device"] = device
+    for flag, value in optional.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    if resume:
+        argv.append("--resume")
+    return argv
+
+
+def _relaunch_with_torchrun(
+    gpus: int,
+    stage: int,
+    config_path: str | Path | None,
+    data_dir: str | Path | None,
+    out_dir: Path,
+    from_run: str | Path | None,
+    resume: bool,
+    model_config: str | Path | ModelConfig,
+    arch: str,
+    stop_after_step: int | None,
+    device: str | None,
+) -> TrainResult:
+    argv = build_argv(
+        stage, config_path, data_dir, out_dir, from_run, resume, model_config, arch, stop_after_step, device
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+    command += ["-m", "training", *argv]
+    log.info("launching %d processes: %s", gpus, " ".join(command))
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    inference = out_dir / INFERENCE_NAME
+    return TrainResult(out_dir, _last_step(out_dir), inference if inference.is_file() else None, {}, None)
+
+
+def _last_step(out_dir: Path) -> int:
+    path = out_dir / "checkpoints" / CHECKPOINT_NAME
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"]) if path.is_file() else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training`` / ``torchrun --nproc_per_node K -m training``: the same options as the CLI."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description="Train CodeBrain (Stage I/II) or the direct baseline."
+    )
+    parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--config", type=Path, help="training TOML (configs/train/*.toml)")
+    parser.add_argument("--data", type=Path, help="dataset folder")
+    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--from", dest="from_run", type=Path, help="Stage I run folder (Stage II)")
+    parser.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint")
+    parser.add_argument("--gpus", type=int, default=None, help="launch K processes with torchrun")
+    parser.add_argument("--model", default="small", help="small | paper | model TOML")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="codebrain")
+    parser.add_argument("--stop-after-step", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = train(
+        args.stage,
+        args.config,
+        args.data,
+        args.out,
+        from_run=args.from_run,
+        resume=args.resume,
+        gpus=args.gpus,
+        model_config=args.model,
+        arch=args.arch,
+        stop_after_step=args.stop_after_step,
+        device=args.device,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, **result.last_metrics}, default=str))
+    return 0

@@ -1,0 +1,113 @@
+"""Training settings: everything the trainer needs that is *not* the architecture (that is ``ModelConfig``).
+
+A TOML file has a ``[train]`` table (shared by every stage), optional ``[stage1]`` / ``[stage2]`` / ``[direct]``
+tables whose keys override ``[train]`` for that stage (Stage II usually wants its own steps and learning rate),
+an ``[augment]`` table and a ``[data]`` table. Unknown keys are refused so a typo never trains with a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+STAGE_TABLES = {1: "stage1", 2: "stage2"}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Tensor augmentations applied identically to every contrast of a sample (see ``training/augment.py``)."""
+
+    flip: bool = True
+    rot90: bool = False
+    affine: bool = True
+    affine_probability: float = 0.5
+    max_rotation_degrees: float = 10.0
+    max_scale: float = 0.1
+    max_translation: float = 0.05
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How slices are built and split; stored in checkpoints so evaluation reuses the training split."""
+
+    size: int | None = None  # None: the model config's image_size
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    cache_dir: str | None = None
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "custom"
+    steps: int = 100_000
+    batch_size: int = 8  # per process
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+    lambda_missing: float = 20.0
+    lambda_available: float = 5.0
+    gan_weight: float = 0.1
+    gan_start_step: int = 20_000
+    discriminator_lr: float = 2e-4
+    log_interval: int = 50
+    val_interval: int = 2000
+    val_batches: int = 8
+    checkpoint_interval: int = 5000
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("min_lr_ratio must be in [0, 1]")
+        for key in ("log_interval", "val_interval", "checkpoint_interval"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        augment = _build(AugmentConfig, data.pop("augment", {}), "augment")
+        data_cfg = _build(DataConfig, data.pop("data", {}), "data")
+        return _build(cls, {**data, "augment": augment, "data": data_cfg}, "train")
+
+    @classmethod
+    def from_toml(cls, path: str | Path, stage: int | str = 1) -> TrainConfig:
+        """Read ``[train]`` merged with the stage's own table (``stage1``, ``stage2`` or ``direct``)."""
+        path = Path(path)
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+        stage_table = STAGE_TABLES.get(stage, str(stage)) if isinstance(stage, int) else str(stage)
+        unknown = sorted(set(raw) - {"train", "augment", "data", *STAGE_TABLES.values(), "direct"})
+        if unknown:
+            raise ValueError(f"{path}: unknown tables {unknown}")
+        values = {"name": path.stem, **raw.get("train", {}), **raw.get(stage_table, {})}
+        values["augment"] = raw.get("augment", {})
+        values["data"] = raw.get("data", {})
+        return cls.from_dict(values)
+
+    def with_overrides(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+
+def _build(kind: type, values: dict[str, Any], table: str) -> Any:
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown keys in [{table}]: {unknown}; known: {sorted(known)}")
+    return kind(**values)
