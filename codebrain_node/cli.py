@@ -149,6 +149,341 @@ def status(
         typer.echo(render(session, limit))
 
 
+# --- worklist and users (review) -------------------------------------------------------------------------------
+
+worklist_app = typer.Typer(help="The review worklist: list, show, approve, reject.", no_args_is_help=True)
+user_app = typer.Typer(help="Review web app users.", no_args_is_help=True)
+app.add_typer(worklist_app, name="worklist")
+app.add_typer(user_app, name="user")
+
+
+def _reviewer(name: str | None) -> str:
+    import getpass
+
+    return f"user:{name or getpass.getuser()}"
+
+
+@worklist_app.command("list")
+def worklist_list(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option(help="Only this status (awaiting_review, failed, ...).")] = None,
+    contrast: Annotated[str | None, typer.Option(help="Only studies with this contrast (in or synthetic).")] = None,
+    sort: Annotated[str, typer.Option(help="age, status, patient or updated.")] = "age",
+    limit: Annotated[int, typer.Option(help="At most this many studies.")] = 50,
+    show_patient: Annotated[bool, typer.Option("--show-patient", help="Also print patient name and ID.")] = False,
+) -> None:
+    """Studies with their worklist status, acquired and synthesised contrasts, and age."""
+    from codebrain_node.db.session import make_engine, session_factory
+    from codebrain_node.review.worklist import format_age, list_worklist
+
+    engine = make_engine(_state(ctx).settings.database_url)
+    with session_factory(engine)() as session:
+        rows = list_worklist(session, status, contrast, sort=sort, limit=limit)
+    for row in rows:
+        patient = f"  {row.patient_name} [{row.patient_id}]" if show_patient else ""
+        acquired = ",".join(row.acquired) or "-"
+        synthetic = ",".join(row.synthetic) or "-"
+        typer.echo(
+            f"{row.id:>6}  {row.status_label:<22} in:{acquired:<20} synth:{synthetic:<14} "
+            f"{format_age(row.age_s):>10}  {row.study_instance_uid}{patient}"
+        )
+    if not rows:
+        typer.echo("no studies")
+
+
+@worklist_app.command("show")
+def worklist_show(
+    ctx: typer.Context,
+    study: Annotated[str, typer.Argument(help="Study id or Study Instance UID.")],
+    show_patient: Annotated[bool, typer.Option("--show-patient", help="Also print patient name and ID.")] = False,
+) -> None:
+    """One study: series, jobs (model, inputs, timings), deliveries and the audit trail."""
+    from codebrain_node.db.session import make_engine, session_factory
+    from codebrain_node.review.worklist import study_detail
+
+    engine = make_engine(_state(ctx).settings.database_url)
+    with session_factory(engine)() as session:
+        detail = study_detail(session, study)
+        s = detail.study
+        typer.echo(f"study {s.id}  {s.study_instance_uid}  {detail.status_label}")
+        if show_patient:
+            typer.echo(f"  patient {s.patient_name or ''} [{s.patient_id or ''}]  accession {s.accession_number or ''}")
+        for series in [*detail.acquired, *detail.synthetic]:
+            kind = "synthetic" if series.is_synthetic else "acquired "
+            typer.echo(
+                f"  {kind} {series.contrast or '?':<6} #{series.series_number or '':<5} "
+                f"{len(series.instances):>4} instances  {series.series_instance_uid}"
+            )
+        for job in detail.jobs:
+            timings = ", ".join(f"{k} {v:.2f}s" for k, v in (job.timings or {}).items() if isinstance(v, int | float))
+            inputs = ", ".join(sorted(job.inputs or {}))
+            typer.echo(f"  job #{job.id} {job.status} model={job.model_name or '-'} inputs={inputs} [{timings}]")
+        for export in detail.exports:
+            where = f"{export.series.contrast} -> {export.destination}"
+            typer.echo(f"  export {where}: {export.status} ({export.attempts} attempts)")
+        for event in detail.audit:
+            details = ", ".join(f"{k}={v}" for k, v in (event.details or {}).items() if v not in (None, ""))
+            typer.echo(f"  {event.at:%Y-%m-%d %H:%M:%S}  {event.actor:<20} {event.action:<22} {details}")
+
+
+@worklist_app.command("approve")
+def worklist_approve(
+    ctx: typer.Context,
+    study: Annotated[str, typer.Argument(help="Study id or Study Instance UID.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")] = "",
+    user: Annotated[str | None, typer.Option("--user", help="Reviewer for the audit trail (default: $USER).")] = None,
+) -> None:
+    """Approve a study awaiting review: its synthetic series are scheduled for export."""
+    from codebrain_node.db.session import make_engine, session_factory, transaction
+    from codebrain_node.review.worklist import approve
+
+    settings = _state(ctx).settings
+    with transaction(session_factory(make_engine(settings.database_url))) as session:
+        approved = approve(session, study, _reviewer(user), settings, reason)
+        typer.echo(f"study {approved.id} approved; exports scheduled")
+
+
+@worklist_app.command("reject")
+def worklist_reject(
+    ctx: typer.Context,
+    study: Annotated[str, typer.Argument(help="Study id or Study Instance UID.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")] = "",
+    user: Annotated[str | None, typer.Option("--user", help="Reviewer for the audit trail (default: $USER).")] = None,
+) -> None:
+    """Reject a study awaiting review: its synthetic series are never sent."""
+    from codebrain_node.db.session import make_engine, session_factory, transaction
+    from codebrain_node.review.worklist import reject
+
+    settings = _state(ctx).settings
+    with transaction(session_factory(make_engine(settings.database_url))) as session:
+        rejected = reject(session, study, _reviewer(user), reason)
+        typer.echo(f"study {rejected.id} rejected; nothing will be sent")
+
+
+@user_app.command("hash-password")
+def user_hash_password(
+    name: Annotated[str, typer.Option(help="User name for the printed [[review.users]] table.")] = "radiologist",
+    role: Annotated[str, typer.Option(help="reviewer or viewer.")] = "reviewer",
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+) -> None:
+    """Hash a password (Argon2id) and print a [[review.users]] table to paste into the config."""
+    from codebrain_node.review.auth import hash_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    typer.echo(f'[[review.users]]\nname = "{name}"\npassword_hash = "{hash_password(password)}"\nrole = "{role}"')
+
+
+# --- phantom ----------------------------------------------------------------------------------------------------
+
+
+@app.command("phantom")
+def phantom(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the case into.")],
+    contrasts: Annotated[str, typer.Option(help="Contrasts to simulate, e.g. T1,T1Gd,T2,PD,FLAIR.")] = "T1,T2,FLAIR",
+    fmt: Annotated[str, typer.Option("--format", help="nifti (BraTS layout) or dicom.")] = "nifti",
+    seed: Annotated[int, typer.Option(help="Same seed, same voxels.")] = 0,
+    anatomy: Annotated[str, typer.Option(help="'mni' (bundled with nilearn) or 'synthseg:N' (shared data).")] = "mni",
+    lesion: Annotated[bool, typer.Option("--lesion/--no-lesion", help="Insert a glioma-like lesion.")] = True,
+    skull: Annotated[bool, typer.Option("--skull/--no-skull", help="Keep the skull and scalp.")] = True,
+    field: Annotated[float, typer.Option("--field", help="Field strength in tesla: 1.5 or 3.")] = 3.0,
+    resolution: Annotated[float, typer.Option(help="Output voxel size in mm.")] = 1.0,
+    shared_data: Annotated[Path | None, typer.Option(help="Shared data folder (default ../shared/data).")] = None,
+) -> None:
+    """Simulate a multi-contrast brain MR case with MR physics and write it as NIfTI or as a DICOM study."""
+    from codebrain_node.contrasts import parse_contrast_list
+    from codebrain_node.phantom import run_phantom
+
+    folder = run_phantom(
+        out,
+        parse_contrast_list(contrasts),
+        fmt,
+        seed,
+        anatomy,
+        shared_data=shared_data,
+        lesion=lesion,
+        skull=skull,
+        field_strength=field,
+        resolution_mm=resolution,
+    )
+    typer.echo(f"phantom written to {folder}")
+
+
+# --- serve, worker, impute -------------------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(ctx: typer.Context) -> None:
+    """Run the node: DICOM receiver, scheduler, engine workers, exporter, review web app (migrations first)."""
+    from codebrain_node.serve import Node, run_until_signal
+
+    state = _state(ctx)
+    run_until_signal(Node(state.settings, config_file=state.config_file))
+
+
+@app.command("worker")
+def worker(ctx: typer.Context) -> None:
+    """Run engine workers only: claim jobs from the shared queue (extra machines on PostgreSQL)."""
+    from codebrain_node.serve import run_worker
+
+    run_worker(_state(ctx).settings)
+
+
+@app.command("impute")
+def impute(
+    ctx: typer.Context,
+    input_dir: Annotated[Path, typer.Option("--input", "-i", help="Folder of DICOM files (one or more studies).")],
+    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Where the synthetic series are written.")],
+    synthesize: Annotated[
+        str | None, typer.Option(help="Contrasts to synthesise, e.g. T1Gd,FLAIR (default: every missing one).")
+    ] = None,
+) -> None:
+    """Run the node's pipeline on a folder, offline: classify, impute, write synthetic DICOM series."""
+    from codebrain_node.contrasts import parse_contrast_list
+    from codebrain_node.offline import impute_folder
+
+    targets = parse_contrast_list(synthesize) if synthesize else None
+    result = impute_folder(_state(ctx).settings, input_dir, output_dir, synthesize=targets, progress=typer.echo)
+    for study_uid, state in result.studies.items():
+        written = ", ".join(result.written.get(study_uid, [])) or "nothing"
+        typer.echo(f"study {study_uid}: {state}; synthesised {written}")
+    for skipped in result.skipped_files:
+        typer.echo(f"skipped {skipped}", err=True)
+    typer.echo(f"output: {output_dir}")
+    if not any(result.written.values()):
+        raise typer.Exit(1)
+
+
+# --- export -----------------------------------------------------------------------------------------------------
+
+export_app = typer.Typer(help="Delivery of synthetic series to the configured destinations.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("retry")
+def export_retry(
+    ctx: typer.Context,
+    study: Annotated[str | None, typer.Option("--study", help="Only this Study Instance UID.")] = None,
+) -> None:
+    """Give dead-lettered exports fresh attempts; the running node sends them at its next check."""
+    from codebrain_node.db.session import make_engine, session_factory
+    from codebrain_node.export.dispatch import retry_dead_letters
+
+    engine = make_engine(_state(ctx).settings.database_url)
+    count = retry_dead_letters(session_factory(engine), study)
+    typer.echo(f"{count} dead-lettered export(s) due again")
+
+
+# --- bench ingest -----------------------------------------------------------------------------------------------
+
+
+@bench_app.command("ingest")
+def bench_ingest_command(
+    instances: Annotated[int, typer.Option("--instances", min=1, help="MR instances (256x256 int16) to send.")] = 500,
+    associations: Annotated[int, typer.Option("--associations", min=1, help="Parallel storescu associations.")] = 4,
+) -> None:
+    """C-STORE instances/s into our SCP and into DCMTK storescp (same files, same run) and their ratio."""
+    import json
+
+    from codebrain_node.receive.bench import bench_ingest
+
+    typer.echo(json.dumps(bench_ingest(instances, associations), indent=2))
+
+
+# --- classify ---------------------------------------------------------------------------------------------------
+
+
+@app.command("classify")
+def classify_command(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(help="Folder of DICOM files (searched recursively).")],
+    rules: Annotated[
+        Path | None, typer.Option(help="Rule table (default: routing.classify_rules or configs/classify.toml).")
+    ] = None,
+) -> None:
+    """Show how each series in a folder would be classified (contrast and the rule that decided), headers only."""
+    from codebrain_node.route.classify import classify_folder, load_rules
+
+    table = load_rules(rules or _state(ctx).settings.routing.classify_rules)
+    found = classify_folder(folder, table)
+    for series_uid, result in found:
+        headers = result.headers
+        typer.echo(
+            f"{result.label:<6} #{headers.series_number if headers.series_number is not None else '-':<5} "
+            f"{headers.series_description[:40]:<40} {headers.n_slices:>4} slices  {result.reason}  [{series_uid}]"
+        )
+    if not found:
+        typer.echo(f"no DICOM series under {folder}", err=True)
+        raise typer.Exit(1)
+
+
+# --- train, evaluate -------------------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train(
+    stage: Annotated[int, typer.Option(help="1: codes + decoder (posterior/common encoders); 2: prior encoder.")],
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoints, metrics.jsonl, curves.png, model).")],
+    config: Annotated[Path | None, typer.Option("--config", help="Training TOML (configs/train/*.toml).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (BraTS, IXI or mapped layout).")] = None,
+    from_run: Annotated[Path | None, typer.Option("--from", help="Stage I run folder (for --stage 2).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue --out from its last checkpoint, exactly.")] = False,
+    gpus: Annotated[int | None, typer.Option(help="Launch K processes with torchrun (DDP).")] = None,
+    model: Annotated[str, typer.Option(help="small | paper | brats | ixi | a model TOML.")] = "small",
+    arch: Annotated[str, typer.Option(help="codebrain, or direct (the regression baseline).")] = "codebrain",
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+) -> None:
+    """Train CodeBrain Stage I or II (or the direct baseline); torchrun-ready for several GPUs."""
+    from training.train import train as run_train
+
+    if stage not in (1, 2):
+        raise typer.BadParameter("--stage must be 1 or 2")
+    result = run_train(
+        stage,
+        config,
+        data,
+        out,
+        from_run=from_run,
+        resume=resume,
+        gpus=gpus,
+        model_config=model,
+        arch=arch,
+        device=device,
+    )
+    if result is not None:
+        typer.echo(f"run {result.run_dir}: step {result.step}; inference checkpoint {result.inference_checkpoint}")
+
+
+@app.command("evaluate")
+def evaluate(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(help="Dataset folder to score on.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="CodeBrain inference checkpoint (default: the shipped weights).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Where the table (CSV, JSON) and PNG grid go.")] = None,
+    direct: Annotated[Path | None, typer.Option(help="Direct-regression checkpoint to score beside it.")] = None,
+    split: Annotated[str, typer.Option(help="test (the checkpoint's held-out subjects), val, train, or all.")] = "test",
+    max_slices: Annotated[int | None, typer.Option(help="Evenly subsample at most this many slices.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+) -> None:
+    """Score every missing-contrast pattern (PSNR, SSIM, MAE; full and brain-masked) against the baselines."""
+    from codebrain_node.weights import DEFAULT_WEIGHTS
+    from training.evaluate import evaluate as run_evaluate
+
+    run_evaluate(
+        checkpoint or _state(ctx).settings.model.weights or DEFAULT_WEIGHTS,
+        data,
+        out,
+        direct_checkpoint=direct,
+        split=split,
+        max_slices=max_slices,
+        device=device,
+    )
+
+
 # --- commands added by stages go above this line ---
 
 

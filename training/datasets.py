@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 import random
 import re
 import tomllib
@@ -77,6 +78,14 @@ def _mapping_cases(mapping: Path) -> list[Case]:
     return [Case(subject, paths, register=True) for subject, paths in entries.items()]
 
 
+def _nifti_files(root: Path) -> list[Path]:
+    """Every NIfTI under ``root``, following symbolic links (datasets are often assembled from links)."""
+    found = []
+    for folder, _dirs, files in os.walk(root, followlinks=True):
+        found += [Path(folder) / name for name in files if ".nii" in name]
+    return sorted(found)
+
+
 def find_cases(data_dir: Path | str) -> list[Case]:
     """All cases under ``data_dir`` in any known layout, sorted by subject."""
     root = Path(data_dir)
@@ -89,7 +98,7 @@ def find_cases(data_dir: Path | str) -> list[Case]:
                 cases[case.subject] = case
     brats: dict[Path, dict[Contrast, Path]] = {}
     ixi: dict[str, dict[Contrast, Path]] = {}
-    for path in sorted(root.rglob("*.nii*")):
+    for path in _nifti_files(root):
         if match := _IXI_RE.match(path.name):  # first: IXI's "-PD" would also read as a BraTS-style "-pd"
             ixi.setdefault(match["subject"], {})[Contrast.parse(match["kind"])] = path
         elif match := _BRATS_RE.match(path.name):

@@ -236,8 +236,10 @@ def evaluate(
     if datasets is None:
         if data_dir is None:
             raise ValueError("no data: pass --data DIR")
-        datasets = _build_splits(Path(data_dir), checkpoint, model.cfg)
-    evaluation_set = getattr(datasets, split)
+        datasets = _build_splits(Path(data_dir), checkpoint, model.cfg, every_subject=split == "all")
+    # "all": a folder held out as a whole (other anatomies, another site); every subject is scored, and the
+    # nearest-contrast baseline is fitted on those same subjects (which can only flatter the baseline).
+    evaluation_set = datasets.train if split == "all" else getattr(datasets, split)
     if max_slices is not None and len(evaluation_set) > max_slices:
         step = len(evaluation_set) / max_slices
         evaluation_set = Subset(evaluation_set, [int(i * step) for i in range(max_slices)])
@@ -284,8 +286,10 @@ def _spread(length: int, count: int) -> list[int]:
     return [int((i + 0.5) * length / count) for i in range(count)]
 
 
-def _build_splits(data_dir: Path, checkpoint: Path, cfg: Any) -> Any:
-    """The same subject split as training: read from the checkpoint's metadata (defaults otherwise)."""
+def _build_splits(data_dir: Path, checkpoint: Path, cfg: Any, every_subject: bool = False) -> Any:
+    """The same subject split as training: read from the checkpoint's metadata (defaults otherwise).
+
+    ``every_subject`` puts every subject of ``data_dir`` in the train split (for held-out folders)."""
     from training.datasets import build_datasets
 
     split = json.loads(read_checkpoint_metadata(checkpoint).get("data_split", "{}"))
@@ -294,7 +298,7 @@ def _build_splits(data_dir: Path, checkpoint: Path, cfg: Any) -> Any:
         [Contrast(c) for c in cfg.contrasts],
         size=int(split.get("size", cfg.image_size)),
         context_slices=cfg.context_slices,
-        val_fraction=float(split.get("val_fraction", 0.1)),
-        test_fraction=float(split.get("test_fraction", 0.1)),
+        val_fraction=0.0 if every_subject else float(split.get("val_fraction", 0.1)),
+        test_fraction=0.0 if every_subject else float(split.get("test_fraction", 0.1)),
         seed=int(split.get("seed", 0)),
     )

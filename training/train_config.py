@@ -26,6 +26,7 @@ class AugmentConfig:
     max_rotation_degrees: float = 10.0
     max_scale: float = 0.1
     max_translation: float = 0.05
+    crop: int = 0  # 0: whole slices; else random crop×crop windows (multiple of 8)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class TrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("min_lr_ratio must be in [0, 1]")
+        if self.augment.crop < 0 or self.augment.crop % 8:
+            raise ValueError("augment.crop must be 0 or a positive multiple of 8 (the model downsamples x8)")
         for key in ("log_interval", "val_interval", "checkpoint_interval"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1")

@@ -77,3 +77,20 @@ def test_shipped_train_configs_parse(name):
     for stage in (1, 2, "direct"):
         cfg = TrainConfig.from_toml(REPO_ROOT / "configs" / "train" / f"{name}.toml", stage)
         assert cfg.lambda_missing == 20.0 and cfg.lambda_available == 5.0
+
+
+def test_random_crop_keeps_contrasts_aligned_and_prefers_brain() -> None:
+    import torch
+
+    from training.augment import augment_batch
+    from training.train_config import AugmentConfig
+
+    cfg = AugmentConfig(flip=False, rot90=False, affine=False, crop=16)
+    base = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 1, 64, 64) / 4096
+    images = base.repeat(3, 2, 1, 1)  # two identical contrasts per sample
+    mask = torch.zeros(3, 64, 64, dtype=torch.bool)
+    mask[:, 40:56, 8:24] = True  # the only brain pixels
+    out, out_mask, _ = augment_batch(images, mask, None, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == (3, 2, 16, 16) and out_mask.shape == (3, 16, 16)
+    assert torch.equal(out[:, 0], out[:, 1])
+    assert bool(out_mask.any(dim=(1, 2)).all()), "every crop should contain brain"

@@ -1,0 +1,223 @@
+"""Model-side benchmarks behind ``codebrain-node bench inference|train``: throughput of the real network on random
+tensors, beside its parameter count.
+
+Inference is what the engine runs: ``model.impute`` (prior encoder + E_c + decoder, no posterior encoder) on a
+batch of slices with one contrast missing, under inference_mode, channels_last, bf16 autocast on CUDA. Training
+is one optimiser step as the trainer takes it: Stage I = a PatchGAN discriminator step and a generator step
+(PSNR reconstruction loss λ_missing=20 / λ_available=5 + LSGAN), Stage II = frozen posterior targets + grading
+loss on the prior. Weights are random: throughput does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from codebrain_node.model import (
+    CodeBrain,
+    DirectRegression,
+    ModelConfig,
+    PatchDiscriminator,
+    discriminator_loss,
+    generator_adversarial_loss,
+    grading_loss,
+)
+from codebrain_node.model.codebrain import inference_settings
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` intra-op CPU threads (None: leave torch's setting), restoring it afterwards."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step: Callable[[], None], device: torch.device, steps: int, warmup: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call, after ``warmup`` untimed calls (allocator, cuDNN autotune,
+    oneDNN primitive caches). CPU time is the figure to trust on a shared machine: other processes stretch the
+    wall clock but not the work this process does (with one thread; more threads add spin-waiting to it)."""
+    for _ in range(warmup):
+        step()
+    _synchronise(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        step()
+    _synchronise(device)
+    count = max(steps, 1)
+    return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
+
+
+def _random_batch(cfg: ModelConfig, batch: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    n = cfg.num_contrasts
+    available = torch.ones(batch, n, dtype=torch.bool, device=device)
+    available[torch.arange(batch), torch.arange(batch) % n] = False  # one missing contrast, cycling
+    context = None
+    if cfg.context_slices:
+        context = torch.rand(batch, n, 2 * cfg.context_slices, size, size, device=device)
+    return {"images": torch.rand(batch, n, size, size, device=device), "available": available, "context": context}
+
+
+def inference_gflops_per_slice(model: torch.nn.Module, cfg: ModelConfig, size: int) -> float:
+    """Forward FLOPs of one ``impute`` at ``size``² (convolutions and matmuls), a machine-independent cost."""
+    data = _random_batch(cfg, 1, size, next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter:
+        model.impute(**data, precision="fp32")
+    return counter.get_total_flops() / 1e9
+
+
+def _describe(cfg: ModelConfig, model: torch.nn.Module, device: torch.device, batch: int, size: int) -> dict[str, Any]:
+    counts = model.parameter_counts()
+    return {
+        "config": cfg.name,
+        "model": type(model).__name__,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "size": size,
+        "params_total": counts["total"],
+        "params_inference": counts["inference"],
+    }
+
+
+def bench_inference(
+    cfg: ModelConfig,
+    device: str | torch.device = "cpu",
+    batch: int = 8,
+    size: int = 256,
+    steps: int = 5,
+    *,
+    warmup: int = 1,
+    precision: str = "auto",
+    baseline: bool = False,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Slices per second of ``impute`` (CodeBrain, or the direct-regression baseline when ``baseline``)."""
+    device = torch.device(device)
+    model = (DirectRegression(cfg) if baseline else CodeBrain(cfg)).to(device).eval()
+    channels_last, bf16 = inference_settings(device, precision)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data = _random_batch(cfg, batch, size, device)
+    with _threads(threads):
+        seconds, cpu_seconds = _timed(lambda: model.impute(**data, precision=precision), device, steps, warmup)
+        result = _describe(cfg, model, device, batch, size)
+    result.update(
+        precision="bf16" if bf16 else "fp32",
+        channels_last=channels_last,
+        seconds_per_batch=seconds,
+        slices_per_s=batch / seconds,
+        cpu_seconds_per_batch=cpu_seconds,
+        gflops_per_slice=inference_gflops_per_slice(model, cfg, size),
+    )
+    return result
+
+
+def _psnr_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Negative PSNR per (sample, contrast) with data range 1: ``10·log10(MSE)``."""
+    mse = (recon.float() - target.float()).pow(2).mean(dim=(2, 3))
+    return 10.0 * torch.log10(mse + 1e-8)
+
+
+def bench_train(
+    cfg: ModelConfig,
+    device: str | torch.device = "cpu",
+    batch: int = 4,
+    size: int = 256,
+    steps: int = 3,
+    *,
+    stage: int = 1,
+    warmup: int = 1,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Optimiser steps per second of Stage I (reconstruction + GAN) or Stage II (grading)."""
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    device = torch.device(device)
+    model = CodeBrain(cfg).to(device).train()
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    data = _random_batch(cfg, batch, size, device)
+    images, available, context = data["images"], data["available"], data["context"]
+    missing_weight = 20.0 * (~available).float() + 5.0 * available.float()
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    if stage == 1:
+        disc = PatchDiscriminator(cfg.num_contrasts, dim=cfg.discriminator_dim).to(device)
+        opt_g = torch.optim.AdamW(model.stage1_parameters(), lr=1e-4, betas=(0.9, 0.9))
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=5e-5, betas=(0.5, 0.9))
+        condition = images * available.view(batch, -1, 1, 1)
+
+        def step() -> None:
+            with autocast():
+                recon = model.stage1_forward(images, available, context)["recon"]
+                composed = torch.where(available.view(batch, -1, 1, 1), images, recon)
+                d_loss = discriminator_loss(disc(images, condition), disc(composed.detach(), condition), available)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            with autocast():
+                g_loss = (_psnr_loss(recon, images) * missing_weight).mean()
+                g_loss = g_loss + 0.1 * generator_adversarial_loss(disc(composed, condition))
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+
+        trained = sum(p.numel() for p in model.stage1_parameters()) + sum(p.numel() for p in disc.parameters())
+    else:
+        opt_p = torch.optim.AdamW(model.prior_parameters(), lr=1e-4, betas=(0.9, 0.9))
+
+        def step() -> None:
+            with autocast():
+                targets = model.code_levels(images, context)
+                loss = grading_loss(model.prior_logits(images, available, context), targets, cfg.levels, cfg.grading)
+            opt_p.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_p.step()
+
+        trained = sum(p.numel() for p in model.prior_parameters())
+    with _threads(threads):
+        seconds, cpu_seconds = _timed(step, device, steps, warmup)
+        result = _describe(cfg, model, device, batch, size)
+    result.update(
+        stage=stage,
+        precision="bf16" if bf16 else "fp32",
+        params_trained=trained,
+        seconds_per_step=seconds,
+        cpu_seconds_per_step=cpu_seconds,
+        steps_per_s=1.0 / seconds,
+        images_per_s=batch / seconds,
+    )
+    return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """One human line per benchmark, for the CLI."""
+    head = f"{result['config']:>8} {result['model']:<16} {result['device']} ×{result['threads']} threads, "
+    head += f"batch {result['batch']} @ {result['size']}², {result['precision']}, "
+    head += f"{result['params_inference'] / 1e6:.2f} M inference / {result['params_total'] / 1e6:.2f} M total params: "
+    if "slices_per_s" in result:
+        return head + (
+            f"{result['slices_per_s']:.1f} slices/s ({result['gflops_per_slice']:.1f} GFLOP/slice, "
+            f"{result['cpu_seconds_per_batch'] / result['batch'] * 1e3:.0f} CPU-ms/slice)"
+        )
+    return (
+        head + f"stage {result['stage']}: {result['steps_per_s']:.2f} steps/s ({result['images_per_s']:.2f} images/s)"
+    )

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codebrain_node.model import CodeBrain, ModelConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+
+@pytest.mark.parametrize("name", ["paper", "small", "brats", "ixi"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = ModelConfig.from_toml(CONFIG_DIR / f"{name}.toml")
+    assert cfg.name == name
+    assert cfg.codebook_size == 64_000
+    assert cfg.grading_channels == 33
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_ixi_and_brats_contrasts() -> None:
+    assert ModelConfig.from_toml(CONFIG_DIR / "ixi.toml").contrasts == ("T1", "T2", "PD")
+    assert ModelConfig.from_toml(CONFIG_DIR / "brats.toml").contrasts == ("T1", "T1Gd", "T2", "FLAIR")
+
+
+def test_paper_config_has_the_authors_size() -> None:
+    counts = CodeBrain(ModelConfig.from_toml(CONFIG_DIR / "paper.toml")).parameter_counts()
+    assert 130e6 < counts["stage1"] < 142e6
+    assert 25e6 < counts["prior"] < 31e6
+
+
+def test_aliases_and_top_level_toml(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text('contrasts = ["t1n", "t2f"]\nnaf_dim = 4\n[train]\nlr = 1e-3\n')
+    cfg = ModelConfig.from_toml(path)
+    assert cfg.contrasts == ("T1", "FLAIR") and cfg.name == "mine" and cfg.naf_dim == 4
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"contrasts": ["T1"]}, "at least 2"),
+        ({"contrasts": ["T1", "t1n"]}, "twice"),
+        ({"levels": [8, 1]}, ">= 2"),
+        ({"grading": "softmax"}, "grading"),
+        ({"naf_dimm": 3}, "unknown model config"),
+        ({"contrasts": ["T1", "DWI"]}, "unknown contrast"),
+    ],
+)
+def test_bad_configs_are_refused(values: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_dict(values)
