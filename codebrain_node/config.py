@@ -71,7 +71,7 @@ class DatabaseSettings(_Section):
 class DicomSettings(_Section):
     ae_title: Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")] = "CODEBRAIN"
     bind_address: str = "0.0.0.0"
-    port: Annotated[int, Field(ge=1, le=65535)] = 11112
+    port: Annotated[int, Field(ge=0, le=65535)] = 11112
     allowed_callers: list[str] = Field(default_factory=lambda: ["STORESCU", "PACS"])
     allowed_hosts: list[str] = Field(default_factory=list)
     accept_unknown_callers: bool = False
