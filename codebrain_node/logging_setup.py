@@ -65,3 +65,6 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     # pynetdicom (every association) and alembic (every migration step) are chatty at INFO; keep them for DEBUG.
     for chatty in ("pynetdicom", "alembic", "apscheduler"):
         logging.getLogger(chatty).setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # A periodic check that outlasts its interval (a long export) is simply skipped once, by design
+    # (max_instances=1); apscheduler would say so at WARNING on every tick. Failed jobs still log at ERROR.
+    logging.getLogger("apscheduler.scheduler").setLevel(max(logging.getLevelName(level), logging.ERROR))

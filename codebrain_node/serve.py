@@ -25,9 +25,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.session import make_engine, session_factory, upgrade
-from codebrain_node.engine import Engine
+from codebrain_node.engine import Engine, worker_name
 from codebrain_node.export.dispatch import run_due_exports
 from codebrain_node.receive.service import ReceiveService, start_receive_service
+from codebrain_node.route import jobs
 from codebrain_node.route.stable import make_scheduler
 from codebrain_node.weights import LoadedModel, model_contrasts
 
@@ -83,6 +84,8 @@ class Node:
             replace_existing=True,
         )
         self.scheduler.start()
+        if self.engine_mode != "none":
+            jobs.requeue_orphaned_jobs(self.factory)  # this host's workers killed with the last run
         self._start_engines()
         if self.review_enabled:
             from codebrain_node.review.server import ReviewServer
@@ -99,7 +102,7 @@ class Node:
             count = 1
         if self.engine_mode == "thread":
             for index in range(count):
-                engine = Engine(self.settings, self.factory, model=self.model, name=f"thread-{index}")
+                engine = Engine(self.settings, self.factory, model=self.model, name=f"{worker_name()}:thread-{index}")
                 thread = threading.Thread(target=engine.run, args=(self.stop_event,), name=f"engine-{index}")
                 thread.start()
                 self._threads.append(thread)
@@ -165,4 +168,6 @@ def run_worker(settings: Settings) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    Engine(settings, session_factory(db)).run(stop)
+    factory = session_factory(db)
+    jobs.requeue_orphaned_jobs(factory)  # a predecessor on this host killed mid-job: retry it now, not at lease end
+    Engine(settings, factory).run(stop)

@@ -65,7 +65,9 @@ def collect(session: Session, limit: int = 50) -> list[StudyLine]:
 def dead_letters(session: Session) -> list[tuple[str, str, str, int, str]]:
     """Exports that gave up: (study UID, series UID, destination, attempts, last error)."""
     rows = session.execute(
-        select(Study.study_instance_uid, Series.series_instance_uid, Export.destination, Export.attempts, Export.last_error)
+        select(
+            Study.study_instance_uid, Series.series_instance_uid, Export.destination, Export.attempts, Export.last_error
+        )
         .join(Series, Export.series_id == Series.id)
         .join(Study, Series.study_id == Study.id)
         .where(Export.status == ExportStatus.DEAD_LETTER)

@@ -20,7 +20,9 @@ def _restore_root_logger():
 
 def test_person_names_and_patient_fields_are_masked(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("INFO", "text")
-    logging.getLogger("codebrain_node.test").info("stored %s for PatientID=12345 born PatientBirthDate: 19700101", "DOE^JANE")
+    logging.getLogger("codebrain_node.test").info(
+        "stored %s for PatientID=12345 born PatientBirthDate: 19700101", "DOE^JANE"
+    )
     err = capsys.readouterr().err
     assert "DOE" not in err and "JANE" not in err
     assert "12345" not in err and "19700101" not in err

@@ -135,6 +135,65 @@ def scan_header(dataset: bytes, transfer_syntax_uid: str) -> Header | None:
     return header
 
 
+_PIXEL_DATA = 0x7FE00010
+_IMAGE_PIXEL_US = {0x00280002: "samples", 0x00280010: "rows", 0x00280011: "columns", 0x00280100: "bits"}
+_NUMBER_OF_FRAMES = 0x00280008
+
+
+def incomplete_reason(dataset: bytes, transfer_syntax_uid: str) -> str | None:
+    """Why the received bytes cannot be a whole instance, or None when they look whole.
+
+    A sender that read a cut-off file (a full disk, an interrupted copy) sends what it has; such an instance,
+    once acknowledged, would fail the whole study later when its pixels are read. Two checks on the element
+    headers only (microseconds, nothing decoded): a top-level element whose declared length runs past the end,
+    and native pixel data shorter than Rows x Columns x Samples per Pixel x Bits Allocated / 8 x frames. An
+    undefined-length element (a sequence, encapsulated pixel data) or a syntax it does not walk ends the check.
+    """
+    if transfer_syntax_uid not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) and not _is_compressed_le(
+        transfer_syntax_uid
+    ):
+        return None
+    explicit = transfer_syntax_uid != ImplicitVRLittleEndian
+    image: dict[str, int] = {}
+    frames = 1
+    position, end = 0, len(dataset)
+    while position < end:
+        if position + 8 > end:
+            return "dataset ends inside an element header"
+        group, element = _TAG.unpack_from(dataset, position)
+        tag = (group << 16) | element
+        if explicit:
+            vr = dataset[position + 4 : position + 6]
+            if not _VR.match(vr):
+                return None
+            if vr in _LONG_VRS:
+                if position + 12 > end:
+                    return "dataset ends inside an element header"
+                (length,) = _LONG.unpack_from(dataset, position + 8)
+                start = position + 12
+            else:
+                (length,) = _SHORT.unpack_from(dataset, position + 6)
+                start = position + 8
+        else:
+            (length,) = _LONG.unpack_from(dataset, position + 4)
+            start = position + 8
+        if length == 0xFFFFFFFF:
+            return None
+        if start + length > end:
+            return f"element ({group:04X},{element:04X}) runs past the end of the dataset"
+        if tag in _IMAGE_PIXEL_US and length == 2:
+            (image[_IMAGE_PIXEL_US[tag]],) = _SHORT.unpack_from(dataset, start)
+        elif tag == _NUMBER_OF_FRAMES:
+            text = dataset[start : start + length].decode("ascii", "replace").strip(" \0")
+            frames = int(text) if text.isdigit() and int(text) > 0 else 1
+        elif tag == _PIXEL_DATA and not _is_compressed_le(transfer_syntax_uid) and len(image) == 4:
+            expected = image["rows"] * image["columns"] * image["samples"] * image["bits"] * frames // 8
+            if length < expected:
+                return f"pixel data has {length} bytes, its image attributes need {expected}"
+        position = start + length
+    return None
+
+
 def _is_compressed_le(transfer_syntax_uid: str) -> bool:
     """Encapsulated syntaxes encode the dataset in explicit VR little endian; only the pixel data differs."""
     uid = UID(transfer_syntax_uid)

@@ -34,6 +34,7 @@ from codebrain_node.receive.header import (
     Header,
     HeaderError,
     filing_uids,
+    incomplete_reason,
     integer,
     read_dataset_header,
     read_file_header,
@@ -195,6 +196,10 @@ class Spool:
                 "store failed 0x%04X: %s (sop=%s, from %s)", exc.status, exc, sop_instance_uid, calling_ae_title
             )
             return StoreOutcome(exc.status)
+        incomplete = incomplete_reason(dataset, transfer_syntax_uid)
+        if incomplete is not None:
+            log.warning("store failed 0xC000: %s (sop=%s, from %s)", incomplete, sop_instance_uid, calling_ae_title)
+            return StoreOutcome(CANNOT_UNDERSTAND)
         if instance.sop_instance_uid != sop_instance_uid or instance.sop_class_uid != sop_class_uid:
             log.warning(
                 "store failed 0xA900: dataset UIDs differ from the C-STORE request (sop=%s, from %s)",

@@ -18,6 +18,8 @@ which counts as a failed attempt. Every study state change goes through ``lifecy
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -187,6 +189,49 @@ def requeue_expired_leases(
             log.warning("job %s: lease of %s expired, now %s", job.id, worker, status.value)
             expired.append(job.id)
     return expired
+
+
+def local_worker_is_dead(worker_id: str | None, hostname: str | None = None) -> bool:
+    """True for a ``host:pid:…`` worker id of this host whose process no longer exists.
+
+    Anything else (another host, an id without a pid, a live pid) is left to the lease, which is always safe.
+    Should two machines share a host name, a job taken back by mistake is still never recorded twice: the first
+    worker's ``finish_job`` then finds the job no longer its own (:class:`LeaseLostError`).
+    """
+    host, _, rest = (worker_id or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != (hostname or socket.gethostname()) or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a live process of another user
+        return False
+    return False
+
+
+def requeue_orphaned_jobs(
+    factory: sessionmaker[Session], is_dead: Callable[[str | None], bool] = local_worker_is_dead, actor: str = "engine"
+) -> list[int]:
+    """Take back running jobs whose worker process is known dead (a node restarted after SIGKILL or a power cut).
+
+    Without this, a restarted node would leave its own interrupted job untouched until ``lease_timeout_s`` (ten
+    minutes by default) had passed; each job taken back counts as a failed attempt, as an expired lease does.
+    """
+    taken = []
+    with factory() as session, session.begin():
+        query = select(Job).where(Job.status == JobStatus.RUNNING).order_by(Job.id)
+        if _lock(session):
+            query = query.with_for_update(skip_locked=True)
+        for job in session.scalars(query):
+            if not is_dead(job.worker):
+                continue
+            worker = job.worker
+            status = _record_failure(session, job, f"worker {worker} died (found at restart)", actor)
+            log.warning("job %s: worker %s is gone; now %s", job.id, worker, status.value)
+            taken.append(job.id)
+    return taken
 
 
 def _record_failure(session: Session, job: Job, error: str, actor: str) -> JobStatus:

@@ -1,0 +1,29 @@
+"""``bench e2e``: a real node between DCMTK storescu and storescp, timed from the node's own records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from e2e_support import STORESCP, STORESCU, node_settings, require
+
+from codebrain_node.bench_e2e import bench_e2e, format_e2e
+from codebrain_node.weights import load_model
+
+
+def test_bench_e2e_times_each_stage_after_the_last_instance(phantom_images, tiny_weights: Path, tmp_path: Path):
+    require(STORESCU, "DCMTK storescu")
+    require(STORESCP, "DCMTK storescp")
+    settings = node_settings(tmp_path / "unused", tiny_weights, [])
+    model = load_model(tiny_weights, "cpu")
+    messages: list[str] = []
+    (result,) = bench_e2e(
+        settings, model=model, quiet_period_s=0.5, repeats=1, images=phantom_images, progress=messages.append
+    )
+    assert result.slices == next(iter(phantom_images.values())).GetSize()[2]
+    assert sorted(result.targets) == ["PD", "T1Gd"]
+    # the stages are reached in order, the first no sooner than the quiet period allows
+    assert result.quiet_period_s <= result.stable_s <= result.claimed_s <= result.written_s <= result.acknowledged_s
+    assert {"load_s", "preprocess_s", "model_s", "write_s"} <= set(result.job_timings)
+    table = format_e2e([result])
+    assert "PACS ack" in table and f"{result.acknowledged_s:.2f}" in table
+    assert messages and "PACS ack" in messages[0]
