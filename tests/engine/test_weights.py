@@ -59,3 +59,19 @@ def test_cuda_requested_without_gpu_is_an_error(shipped: Path, monkeypatch: pyte
     monkeypatch.setattr(weights.torch.cuda, "is_available", lambda: False)
     with pytest.raises(weights.WeightsError, match="no CUDA device"):
         weights.load_model(None, "cuda")
+
+
+def test_the_shipped_checkpoint_matches_its_checksum_and_runs() -> None:
+    """The committed weights load, verify against SHA256SUMS, and impute a slice with every flag of the card."""
+    import torch
+
+    if not weights.DEFAULT_WEIGHTS.exists():
+        pytest.skip("no shipped weights in weights/")
+    assert weights.expected_sha256(weights.DEFAULT_WEIGHTS) == sha256_of(weights.DEFAULT_WEIGHTS)
+    loaded = weights.load_model(None, "cpu")
+    assert loaded.contrasts == ("T1", "T1Gd", "T2", "FLAIR")
+    images = torch.rand(1, 4, 64, 64)
+    available = torch.tensor([[True, False, True, True]])
+    out = loaded.network.impute(images, available)
+    assert out.images.shape == (1, 4, 64, 64) and out.confidence is not None
+    assert torch.equal(out.images[:, [0, 2, 3]], images[:, [0, 2, 3]])
