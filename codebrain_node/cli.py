@@ -52,6 +52,13 @@ class AppState:
         return self._settings
 
 
+def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
+    """A session factory on the configured database (one place, so every command opens it alike)."""
+    from codebrain_node.db.session import make_engine, session_factory
+
+    return session_factory(make_engine(settings.database_url))
+
+
 def _state(ctx: typer.Context) -> AppState:
     return ctx.ensure_object(AppState) if ctx.obj is None else ctx.obj
 
@@ -234,11 +241,11 @@ def worklist_approve(
     user: Annotated[str | None, typer.Option("--user", help="Reviewer for the audit trail (default: $USER).")] = None,
 ) -> None:
     """Approve a study awaiting review: its synthetic series are scheduled for export."""
-    from codebrain_node.db.session import make_engine, session_factory, transaction
+    from codebrain_node.db.session import transaction
     from codebrain_node.review.worklist import approve
 
     settings = _state(ctx).settings
-    with transaction(session_factory(make_engine(settings.database_url))) as session:
+    with transaction(_sessions(settings)) as session:
         approved = approve(session, study, _reviewer(user), settings, reason)
         typer.echo(f"study {approved.id} approved; exports scheduled")
 
@@ -251,11 +258,11 @@ def worklist_reject(
     user: Annotated[str | None, typer.Option("--user", help="Reviewer for the audit trail (default: $USER).")] = None,
 ) -> None:
     """Reject a study awaiting review: its synthetic series are never sent."""
-    from codebrain_node.db.session import make_engine, session_factory, transaction
+    from codebrain_node.db.session import transaction
     from codebrain_node.review.worklist import reject
 
     settings = _state(ctx).settings
-    with transaction(session_factory(make_engine(settings.database_url))) as session:
+    with transaction(_sessions(settings)) as session:
         rejected = reject(session, study, _reviewer(user), reason)
         typer.echo(f"study {rejected.id} rejected; nothing will be sent")
 
