@@ -64,7 +64,7 @@ def augment_batch(
     images_out = stack[:, :n].clamp(0.0, 1.0)
     context_out = None
     if context is not None:
-        context_out = stack[:, n : n + context_channels].reshape(context.shape).clamp(0.0, 1.0)
+        context_out = stack[:, n : n + context_channels].reshape(*context.shape[:3], *stack.shape[-2:]).clamp(0.0, 1.0)
     mask_out = None if brain_mask is None else stack[:, n + context_channels] > 0.5
     return images_out.contiguous(), mask_out, context_out
 

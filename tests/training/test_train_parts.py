@@ -70,7 +70,7 @@ def test_train_config_stage_tables_override_and_typos_are_refused(tmp_path):
         TrainConfig.from_toml(path)
 
 
-@pytest.mark.parametrize("name", ["tiny", "default"])
+@pytest.mark.parametrize("name", ["tiny", "default", "cpu_brats", "cpu_ablation"])
 def test_shipped_train_configs_parse(name):
     from training.train import REPO_ROOT
 
@@ -90,7 +90,9 @@ def test_random_crop_keeps_contrasts_aligned_and_prefers_brain() -> None:
     images = base.repeat(3, 2, 1, 1)  # two identical contrasts per sample
     mask = torch.zeros(3, 64, 64, dtype=torch.bool)
     mask[:, 40:56, 8:24] = True  # the only brain pixels
-    out, out_mask, _ = augment_batch(images, mask, None, cfg, torch.Generator().manual_seed(0))
-    assert out.shape == (3, 2, 16, 16) and out_mask.shape == (3, 16, 16)
+    context = images.unsqueeze(2).repeat(1, 1, 2, 1, 1)  # 2.5-D: each contrast's two neighbours, here equal to it
+    out, out_mask, out_context = augment_batch(images, mask, context, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == (3, 2, 16, 16) and out_mask.shape == (3, 16, 16) and out_context.shape == (3, 2, 2, 16, 16)
     assert torch.equal(out[:, 0], out[:, 1])
+    assert torch.equal(out_context[:, :, 0], out) and torch.equal(out_context[:, :, 1], out)  # cropped alike
     assert bool(out_mask.any(dim=(1, 2)).all()), "every crop should contain brain"
