@@ -10,7 +10,10 @@ the mean over pairs; the one-input / multi-input figures the means over pairs wi
 Rows: CodeBrain (prior path, what the node serves), CodeBrain with the Stage I posterior code (an upper bound on
 what a perfect Stage II could give), direct regression (if its checkpoint is given) and the nearest-contrast
 baseline (fitted on the training split). Also the Stage I reconstruction PSNR: the posterior path with the
-complete set as input.
+complete set as input, and, for a model with the confidence output, how well that confidence ranks the errors
+(``ConfidenceTally``): the error of brain pixels grouped by confidence, and the rank correlation of a slice's mean
+confidence with its error. A confidence map is only worth showing a radiologist if low confidence means larger
+errors.
 """
 
 from __future__ import annotations
@@ -68,15 +71,79 @@ class Method(Protocol):
     def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor: ...
 
 
+class ConfidenceTally:
+    """Brain-pixel absolute errors of the missing contrasts, binned by the model's confidence at that pixel.
+
+    Fixed-width bins keep memory constant over any number of slices; groups of (nearly) equal pixel count are
+    read off the cumulative histogram. Per (slice, target) the mean confidence and MAE inside the brain are kept
+    for a rank correlation: negative when the model is least sure where it is most wrong.
+    """
+
+    def __init__(self, bins: int = 1000) -> None:
+        self.bins = bins
+        self.counts = torch.zeros(bins, dtype=torch.float64)
+        self.error_sums = torch.zeros(bins, dtype=torch.float64)
+        self.slice_confidence: list[float] = []
+        self.slice_mae: list[float] = []
+
+    def add(self, confidence: Tensor, prediction: Tensor, truth: Tensor, available: Tensor, brain_mask: Tensor) -> None:
+        """``confidence`` ``[B, 1, H, W]``; ``prediction``/``truth`` ``[B, N, H, W]``; ``available`` ``[B, N]``."""
+        confidence, error = confidence[:, 0].float().cpu(), (prediction - truth).abs().float().cpu()
+        available, brain_mask = available.cpu(), brain_mask.cpu()
+        for b, c in (~available).nonzero().tolist():
+            mask = brain_mask[b]
+            if not mask.any():
+                continue
+            sure, wrong = confidence[b][mask], error[b, c][mask]
+            index = (sure * self.bins).long().clamp(0, self.bins - 1)
+            self.counts += torch.bincount(index, minlength=self.bins).double()
+            self.error_sums += torch.bincount(index, weights=wrong.double(), minlength=self.bins)
+            self.slice_confidence.append(float(sure.mean()))
+            self.slice_mae.append(float(wrong.mean()))
+
+    def summary(self, groups: int = 5) -> dict[str, Any]:
+        """MAE ×1000 per confidence group (least confident first), mean confidence, slice rank correlation."""
+        total = float(self.counts.sum())
+        if total == 0:
+            return {}
+        cumulative = torch.cumsum(self.counts, 0) / total
+        edges = [0, *(int(torch.searchsorted(cumulative, q / groups)) + 1 for q in range(1, groups)), self.bins]
+        mae_by_group, share = [], []
+        for low, high in itertools.pairwise(edges):
+            count = float(self.counts[low:high].sum())
+            share.append(count / total)
+            mae_by_group.append(1000 * float(self.error_sums[low:high].sum()) / count if count else float("nan"))
+        centres = (torch.arange(self.bins, dtype=torch.float64) + 0.5) / self.bins
+        return {
+            "mean_confidence": float((self.counts * centres).sum() / total),
+            "mae_by_confidence_group": mae_by_group,
+            "pixel_share_by_group": share,
+            "slice_spearman_confidence_vs_mae": spearman(self.slice_confidence, self.slice_mae),
+            "slice_pairs": len(self.slice_mae),
+        }
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Rank correlation (ties broken by order; fine for continuous values)."""
+    if len(x) < 2:
+        return float("nan")
+    ranks = [torch.tensor(v, dtype=torch.float64).argsort().argsort().double() for v in (x, y)]
+    return float(torch.corrcoef(torch.stack(ranks))[0, 1])
+
+
 @dataclass
 class ImputerMethod:
     """CodeBrain's or the direct baseline's ``impute`` — exactly the node's inference path."""
 
     model: CodeBrain | DirectRegression
     name: str
+    tally: ConfidenceTally | None = None
 
     def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor:
-        return self.model.impute(images, available, context).images
+        output = self.model.impute(images, available, context)
+        if self.tally is not None and output.confidence is not None:
+            self.tally.add(output.confidence, output.images, images, available, brain_mask)
+        return output.images
 
 
 @dataclass
@@ -111,6 +178,7 @@ class EvaluationResult:
     slices: int
     settings: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    confidence: dict[str, Any] | None = None  # ConfidenceTally.summary() of the served model, if it has one
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +186,7 @@ class EvaluationResult:
             "slices": self.slices,
             "stage1_reconstruction_psnr": self.stage1_reconstruction_psnr,
             "summary": self.summary,
+            "confidence": self.confidence,
             "pairs": self.rows,
             "settings": self.settings,
         }
@@ -246,8 +315,9 @@ def evaluate(
 
     methods: list[Method] = []
     codebrain = model if isinstance(model, CodeBrain) else None
+    tally = ConfidenceTally() if codebrain is not None and codebrain.cfg.confidence else None
     if codebrain is not None:
-        methods += [ImputerMethod(codebrain, "CodeBrain"), PosteriorCodeMethod(codebrain)]
+        methods += [ImputerMethod(codebrain, "CodeBrain", tally), PosteriorCodeMethod(codebrain)]
     else:
         methods.append(ImputerMethod(model, "direct regression"))
     if direct_checkpoint is not None:
@@ -268,6 +338,9 @@ def evaluate(
         "max_slices": max_slices,
         "device": str(chosen_device),
     }
+    if tally is not None:
+        result.confidence = tally.summary()
+        methods[0].tally = None  # the example grid below must not count its slices twice
     print(report.format_table(result))
     if out_dir is not None:
         out_dir = Path(out_dir)

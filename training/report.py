@@ -78,6 +78,7 @@ def format_table(result: Any) -> str:
         for group, values in groups.items():
             cells = "".join(f"{values.get(m, float('nan')):>11.2f}" for m in TABLE_METRICS)
             lines.append(f"{method:<46} {GROUP_LABELS[group]:<12}{cells}")
+    lines += format_confidence(getattr(result, "confidence", None))
     methods = list(result.summary)
     pair_header = f"{'inputs -> target':<28}" + "".join(f"{_short(m):>22}" for m in methods)
     lines += ["", "PSNR / SSIM per (pattern, target)", pair_header, "-" * len(pair_header)]
@@ -91,6 +92,36 @@ def format_table(result: Any) -> str:
         )
         lines.append(f"{pattern + ' -> ' + target:<28}{cells}")
     return "\n".join(lines)
+
+
+def format_confidence(confidence: dict[str, Any] | None) -> list[str]:
+    """Does the confidence map rank the errors? Brain MAE per equal-size confidence group, least sure first."""
+    if not confidence:
+        return []
+    groups = confidence["mae_by_confidence_group"]
+    cells = "  ".join(f"{value:.1f}" for value in groups)
+    return [
+        "",
+        f"Confidence (CodeBrain, brain pixels of missing contrasts; mean {confidence['mean_confidence']:.3f}):",
+        f"  MAE x1000 by confidence group, {len(groups)} groups of ~equal size, least confident first: {cells}",
+        f"  rank correlation of a slice's mean confidence with its MAE: "
+        f"{confidence['slice_spearman_confidence_vs_mae']:+.3f} over {confidence['slice_pairs']} (slice, target) pairs",
+    ]
+
+
+def plot_confidence(confidence: dict[str, Any], png_path: Path) -> Path:
+    """Bar chart: brain MAE of each confidence group (a useful map falls from left to right)."""
+    groups = confidence["mae_by_confidence_group"]
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    axis.bar(range(1, len(groups) + 1), groups, color="tab:purple")
+    axis.set_xlabel("confidence group (1 = least confident)")
+    axis.set_ylabel("brain MAE x1000")
+    axis.set_title(f"Error by confidence (slice rank corr. {confidence['slice_spearman_confidence_vs_mae']:+.2f})")
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)
+    return Path(png_path)
 
 
 def _short(method: str) -> str:
@@ -118,6 +149,8 @@ def write_results(result: Any, out_dir: Path) -> dict[str, str]:
         for method, groups in result.summary.items():
             for group, values in groups.items():
                 writer.writerow([method, group, *(f"{values.get(m, float('nan')):.4f}" for m in TABLE_METRICS)])
+    if getattr(result, "confidence", None):
+        files["confidence_png"] = plot_confidence(result.confidence, out_dir / "confidence.png")
     names = {key: str(path) for key, path in files.items()}
     result.files.update(names)
     files["json"].write_text(json.dumps(result.to_dict() | {"files": result.files}, indent=2))

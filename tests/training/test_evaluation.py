@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -13,7 +14,14 @@ from standin_data import make_splits, tiny_model_config
 
 from codebrain_node.model import CodeBrain, DirectRegression, save_inference_checkpoint
 from training.baselines import NearestContrast
-from training.evaluate import NearestMethod, evaluate, missing_patterns, pattern_pairs, score_methods
+from training.evaluate import (
+    ConfidenceTally,
+    NearestMethod,
+    evaluate,
+    missing_patterns,
+    pattern_pairs,
+    score_methods,
+)
 from training.metrics import mae, psnr, slice_metrics, ssim
 
 
@@ -141,3 +149,49 @@ def test_evaluate_writes_table_csv_json_and_grid(tmp_path, capsys):
     assert len(rows) == 9 * len(methods) and {"psnr", "ssim", "mae", "psnr_brain"} <= set(rows[0])
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved["summary"]["CodeBrain"]["all"]["psnr"] == pytest.approx(result.summary["CodeBrain"]["all"]["psnr"])
+
+
+def _tally_of(confidence: torch.Tensor, error: torch.Tensor) -> dict:
+    """One missing contrast (index 1) whose |error| and confidence are given per pixel."""
+    truth = torch.zeros(confidence.shape[0], 2, *confidence.shape[-2:])
+    prediction = truth.clone()
+    prediction[:, 1] = error
+    available = torch.tensor([[True, False]]).expand(confidence.shape[0], 2)
+    tally = ConfidenceTally()
+    tally.add(confidence.unsqueeze(1), prediction, truth, available, torch.ones_like(confidence, dtype=torch.bool))
+    return tally.summary()
+
+
+def test_confidence_tally_ranks_errors_a_useful_map_puts_largest_errors_least_sure():
+    generator = torch.Generator().manual_seed(0)
+    confidence = torch.rand(6, 16, 16, generator=generator) * torch.linspace(0.2, 1.0, 6).view(6, 1, 1)
+    useful = _tally_of(confidence, 1.0 - confidence)  # wrong exactly where unsure
+    groups = useful["mae_by_confidence_group"]
+    assert all(a > b for a, b in itertools.pairwise(groups)), groups
+    assert useful["slice_spearman_confidence_vs_mae"] == pytest.approx(-1.0)
+    assert useful["pixel_share_by_group"] == pytest.approx([0.2] * 5, abs=0.02)
+    assert useful["slice_pairs"] == 6 and 0 < useful["mean_confidence"] < 1
+
+    useless = _tally_of(confidence, torch.rand(6, 16, 16, generator=generator))  # errors unrelated to confidence
+    spread = max(useless["mae_by_confidence_group"]) - min(useless["mae_by_confidence_group"])
+    assert spread < 0.2 * (max(groups) - min(groups))
+
+
+def test_evaluate_reports_confidence_for_a_model_that_has_it(tmp_path, capsys):
+    contrasts = ("T1", "T2", "FLAIR")
+    torch.manual_seed(0)
+    model = CodeBrain(tiny_model_config(contrasts, confidence=True))
+    result = evaluate(
+        save_inference_checkpoint(model, tmp_path / "cb.safetensors"),
+        None,
+        tmp_path / "eval",
+        datasets=make_splits(contrasts),
+        device="cpu",
+        examples=1,
+    )
+    slices_times_targets = result.slices * sum(len(contrasts) - len(p) for p in missing_patterns(3))
+    assert result.confidence["slice_pairs"] == slices_times_targets  # counted once, not again for the grid
+    assert len(result.confidence["mae_by_confidence_group"]) == 5
+    assert "rank correlation of a slice's mean confidence" in capsys.readouterr().out
+    assert (tmp_path / "eval" / "confidence.png").stat().st_size > 0
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["confidence"] == result.confidence
