@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -140,11 +140,13 @@ def bench_e2e(
     quiet_period_s: float = 2.0,
     repeats: int = 2,
     timeout_s: float = 1800.0,
+    inputs: Sequence[Contrast] = (Contrast.T1, Contrast.T2, Contrast.FLAIR),
     images: Mapping[Contrast, sitk.Image] | None = None,
     progress: Callable[[str], None] = print,
 ) -> list[E2EResult]:
     """Send ``repeats`` phantom studies one after the other and time each through the node to the PACS.
 
+    ``inputs``: the contrasts the scanner sends (the node synthesises the rest its routing asks for).
     ``images`` (co-registered volumes by contrast) replaces the phantom simulation, e.g. in tests.
     """
     for tool in (STORESCU, STORESCP, ECHOSCU):
@@ -155,9 +157,9 @@ def bench_e2e(
     results = []
     try:
         if images is None:
-            progress(f"simulating a {resolution_mm:g} mm phantom study (T1, T2, FLAIR) ...")
-            acquired = [Contrast.T1, Contrast.T2, Contrast.FLAIR]
-            images = make_phantom_case(acquired, seed=1, resolution_mm=resolution_mm).images
+            names = ", ".join(c.value for c in inputs)
+            progress(f"simulating a {resolution_mm:g} mm phantom study ({names}) ...")
+            images = make_phantom_case(list(inputs), seed=1, resolution_mm=resolution_mm).images
         pacs_port = free_port()
         pacs = _start_storescp(work / "pacs", pacs_port)
         local = _bench_settings(settings, work / "node", pacs_port, quiet_period_s)

@@ -571,6 +571,9 @@ def bench_e2e_command(
     resolution: Annotated[float, typer.Option(help="Phantom voxel size in mm (slices = head height / this).")] = 2.0,
     quiet: Annotated[float, typer.Option(help="routing.quiet_period_s for the run (part of the figure).")] = 2.0,
     repeats: Annotated[int, typer.Option(min=1, help="Studies sent one after the other.")] = 2,
+    inputs: Annotated[str, typer.Option(help="Contrasts the scanner sends; the node makes the missing ones.")] = (
+        "T1,T2,FLAIR"
+    ),
     random_init: Annotated[
         str | None, typer.Option(help="Time a random-init model of this config (small, paper, a TOML) instead.")
     ] = None,
@@ -579,11 +582,19 @@ def bench_e2e_command(
     import tempfile
 
     from codebrain_node.bench_e2e import bench_e2e, random_init_model
+    from codebrain_node.contrasts import parse_contrast_list
 
     settings = _state(ctx).settings
     with tempfile.TemporaryDirectory(prefix="codebrain-bench-model-") as folder:
         model = random_init_model(random_init, Path(folder), settings.model.device) if random_init else None
-        bench_e2e(settings, model=model, resolution_mm=resolution, quiet_period_s=quiet, repeats=repeats)
+        bench_e2e(
+            settings,
+            model=model,
+            resolution_mm=resolution,
+            quiet_period_s=quiet,
+            repeats=repeats,
+            inputs=parse_contrast_list(inputs),
+        )
 
 
 # --- commands added by stages go above this line ---
