@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from codebrain_node.config import REPO_ROOT, Destination, Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import AuditEvent, Export, Job, Series, Study, StudyState, as_utc
-from codebrain_node.phantom.case import make_phantom_case
+from codebrain_node.phantom.case import PHANTOM_FILE_STEMS, make_phantom_case
 from codebrain_node.phantom.dicom_study import write_dicom_study
 from codebrain_node.receive.bench import free_port
 from codebrain_node.serve import Node
@@ -185,6 +185,18 @@ def bench_e2e(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def read_case(folder: Path, contrasts: Sequence[Contrast]) -> dict[Contrast, sitk.Image]:
+    """The volumes of a BraTS-layout case (``<case>-t1n.nii.gz`` or ``t1n.nii.gz`` …), e.g. a real 155-slice one."""
+    images = {}
+    for contrast in contrasts:
+        stem = PHANTOM_FILE_STEMS[contrast]
+        matches = sorted(Path(folder).glob(f"*{stem}.nii*"))
+        if not matches:
+            raise FileNotFoundError(f"{folder} has no {stem}.nii.gz for {contrast.value}")
+        images[contrast] = sitk.ReadImage(str(matches[0]), sitk.sitkFloat32)
+    return images
 
 
 def _wait(node: Node, study_uid: str, timeout_s: float) -> StudyState:

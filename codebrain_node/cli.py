@@ -574,6 +574,9 @@ def bench_e2e_command(
     inputs: Annotated[str, typer.Option(help="Contrasts the scanner sends; the node makes the missing ones.")] = (
         "T1,T2,FLAIR"
     ),
+    case: Annotated[
+        Path | None, typer.Option(help="Send this BraTS-layout case (NIfTI) instead of a phantom, on its own grid.")
+    ] = None,
     random_init: Annotated[
         str | None, typer.Option(help="Time a random-init model of this config (small, paper, a TOML) instead.")
     ] = None,
@@ -581,10 +584,12 @@ def bench_e2e_command(
     """Seconds from the last instance received to the synthetic series acknowledged by the PACS (storescp)."""
     import tempfile
 
-    from codebrain_node.bench_e2e import bench_e2e, random_init_model
+    from codebrain_node.bench_e2e import bench_e2e, random_init_model, read_case
     from codebrain_node.contrasts import parse_contrast_list
 
     settings = _state(ctx).settings
+    acquired = parse_contrast_list(inputs)
+    images = read_case(case, acquired) if case is not None else None
     with tempfile.TemporaryDirectory(prefix="codebrain-bench-model-") as folder:
         model = random_init_model(random_init, Path(folder), settings.model.device) if random_init else None
         bench_e2e(
@@ -593,7 +598,8 @@ def bench_e2e_command(
             resolution_mm=resolution,
             quiet_period_s=quiet,
             repeats=repeats,
-            inputs=parse_contrast_list(inputs),
+            inputs=acquired,
+            images=images,
         )
 
 

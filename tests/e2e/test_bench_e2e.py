@@ -27,3 +27,21 @@ def test_bench_e2e_times_each_stage_after_the_last_instance(phantom_images, tiny
     table = format_e2e([result])
     assert "PACS ack" in table and f"{result.acknowledged_s:.2f}" in table
     assert messages and "PACS ack" in messages[0]
+
+
+def test_read_case_finds_brats_files_by_stem_and_names_what_is_missing(tmp_path: Path):
+    import numpy as np
+    import pytest
+    import SimpleITK as sitk
+
+    from codebrain_node.bench_e2e import read_case
+    from codebrain_node.contrasts import Contrast
+
+    volume = sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4))
+    sitk.WriteImage(volume, str(tmp_path / "t1n.nii.gz"))
+    sitk.WriteImage(volume * 2, str(tmp_path / "Case-001-t2w.nii.gz"))
+    images = read_case(tmp_path, [Contrast.T1, Contrast.T2])
+    assert images[Contrast.T2].GetSize() == (4, 3, 2)
+    assert sitk.GetArrayFromImage(images[Contrast.T2]).max() == 46.0
+    with pytest.raises(FileNotFoundError, match=r"t2f\.nii\.gz for FLAIR"):
+        read_case(tmp_path, [Contrast.FLAIR])
