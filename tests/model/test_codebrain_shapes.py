@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -61,11 +63,16 @@ def test_synthetic_contrasts_do_not_depend_on_missing_inputs(tiny_config) -> Non
 def test_confidence_is_a_probability_map(tiny_config) -> None:
     model = CodeBrain(tiny_config(3, confidence=True))
     images, available = _batch(3, 32)
-    confidence = model.impute(images, available).confidence
+    with_confidence = model.impute(images, available)
+    confidence = with_confidence.confidence
     assert confidence is not None
     assert confidence.shape == (2, 1, 32, 32)
     assert confidence.min() >= 0 and confidence.max() <= 1
     assert confidence.std() > 0  # a map, not a constant
+    model.cfg = dataclasses.replace(model.cfg, confidence=False)
+    plain = model.impute(images, available)
+    assert plain.confidence is None
+    assert torch.equal(plain.images, with_confidence.images)  # read off the same logits: the images do not change
 
 
 def test_classification_grading_head(tiny_config) -> None:
