@@ -12,5 +12,5 @@ wait
 codebrain-node train --stage 2 --config $cfg --data "$data/train" --out "$runs/brats-small-s2" --from "$runs/brats-small-s1"
 for held in heldout_phantom heldout_real; do
   codebrain-node evaluate --checkpoint "$runs/brats-small-s2/model.safetensors" --direct "$runs/brats-small-direct/model.safetensors" \
-    --data "$data/$held" --split all --out "$runs/eval-$held"
+    --data "$data/$held" --split all --max-slices 240 --out "$runs/eval-$held"
 done
