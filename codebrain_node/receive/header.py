@@ -18,7 +18,7 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from io import BytesIO
 from pathlib import Path
 
@@ -89,28 +89,43 @@ def is_valid_uid(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
 
 
-def scan_header(dataset: bytes, transfer_syntax_uid: str) -> Header | None:
-    """The wanted attributes as text, read straight from the element headers; None when pydicom must decide."""
-    if transfer_syntax_uid not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) and not _is_compressed_le(
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class _Unwalkable(Exception):
+    """The element headers cannot be walked here (an invalid VR): pydicom must decide."""
+
+
+class _Truncated(Exception):
+    """An element header or value runs past the end of the received bytes."""
+
+
+def _walkable(transfer_syntax_uid: str) -> bool:
+    return transfer_syntax_uid in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or _is_compressed_le(
         transfer_syntax_uid
-    ):
-        return None
-    explicit = transfer_syntax_uid != ImplicitVRLittleEndian
-    raw: dict[int, bytes] = {}
+    )
+
+
+def _elements(dataset: bytes, explicit: bool) -> Iterator[tuple[int, int, int]]:
+    """``(tag, value start, value length)`` of each top-level little-endian element, in order (PS3.5 7.1).
+
+    An undefined length (a sequence, encapsulated pixel data) is yielded as ``UNDEFINED_LENGTH`` and ends the walk;
+    raises :class:`_Truncated` when a header or a value runs past the end, :class:`_Unwalkable` on an invalid VR.
+    """
     position, end = 0, len(dataset)
     unpack_tag, unpack_short, unpack_long = _TAG.unpack_from, _SHORT.unpack_from, _LONG.unpack_from
-    while position + 8 <= end:
+    while position < end:
+        if position + 8 > end:
+            raise _Truncated("dataset ends inside an element header")
         group, element = unpack_tag(dataset, position)
         tag = (group << 16) | element
-        if tag > _LAST_TAG:
-            break
         if explicit:
             vr = dataset[position + 4 : position + 6]
             if not _VR.match(vr):
-                return None
+                raise _Unwalkable
             if vr in _LONG_VRS:
                 if position + 12 > end:
-                    return None
+                    raise _Truncated("dataset ends inside an element header")
                 (length,) = unpack_long(dataset, position + 8)
                 start = position + 12
             else:
@@ -119,11 +134,30 @@ def scan_header(dataset: bytes, transfer_syntax_uid: str) -> Header | None:
         else:
             (length,) = unpack_long(dataset, position + 4)
             start = position + 8
-        if length == 0xFFFFFFFF or start + length > end:
-            return None  # an undefined-length sequence to walk, or a truncated element: pydicom's job
-        if tag in _KEYWORD_OF:
-            raw[tag] = dataset[start : start + length]
+        if length == UNDEFINED_LENGTH:
+            yield tag, start, length
+            return
+        if start + length > end:
+            raise _Truncated(f"element ({group:04X},{element:04X}) runs past the end of the dataset")
+        yield tag, start, length
         position = start + length
+
+
+def scan_header(dataset: bytes, transfer_syntax_uid: str) -> Header | None:
+    """The wanted attributes as text, read straight from the element headers; None when pydicom must decide."""
+    if not _walkable(transfer_syntax_uid):
+        return None
+    raw: dict[int, bytes] = {}
+    try:
+        for tag, start, length in _elements(dataset, transfer_syntax_uid != ImplicitVRLittleEndian):
+            if tag > _LAST_TAG:
+                break
+            if length == UNDEFINED_LENGTH:
+                return None  # a sequence to walk before the wanted attributes end: pydicom's job
+            if tag in _KEYWORD_OF:
+                raw[tag] = dataset[start : start + length]
+    except (_Unwalkable, _Truncated):
+        return None
     charset = raw.get(HEADER_TAGS["SpecificCharacterSet"], b"").decode("ascii", "replace").strip(" \0")
     codec = _CODECS.get(charset.split("\\")[-1].strip() if charset else "")
     if codec is None or "\\" in charset:
@@ -149,48 +183,26 @@ def incomplete_reason(dataset: bytes, transfer_syntax_uid: str) -> str | None:
     and native pixel data shorter than Rows x Columns x Samples per Pixel x Bits Allocated / 8 x frames. An
     undefined-length element (a sequence, encapsulated pixel data) or a syntax it does not walk ends the check.
     """
-    if transfer_syntax_uid not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) and not _is_compressed_le(
-        transfer_syntax_uid
-    ):
+    if not _walkable(transfer_syntax_uid):
         return None
-    explicit = transfer_syntax_uid != ImplicitVRLittleEndian
+    native = not _is_compressed_le(transfer_syntax_uid)
     image: dict[str, int] = {}
     frames = 1
-    position, end = 0, len(dataset)
-    while position < end:
-        if position + 8 > end:
-            return "dataset ends inside an element header"
-        group, element = _TAG.unpack_from(dataset, position)
-        tag = (group << 16) | element
-        if explicit:
-            vr = dataset[position + 4 : position + 6]
-            if not _VR.match(vr):
-                return None
-            if vr in _LONG_VRS:
-                if position + 12 > end:
-                    return "dataset ends inside an element header"
-                (length,) = _LONG.unpack_from(dataset, position + 8)
-                start = position + 12
-            else:
-                (length,) = _SHORT.unpack_from(dataset, position + 6)
-                start = position + 8
-        else:
-            (length,) = _LONG.unpack_from(dataset, position + 4)
-            start = position + 8
-        if length == 0xFFFFFFFF:
-            return None
-        if start + length > end:
-            return f"element ({group:04X},{element:04X}) runs past the end of the dataset"
-        if tag in _IMAGE_PIXEL_US and length == 2:
-            (image[_IMAGE_PIXEL_US[tag]],) = _SHORT.unpack_from(dataset, start)
-        elif tag == _NUMBER_OF_FRAMES:
-            text = dataset[start : start + length].decode("ascii", "replace").strip(" \0")
-            frames = int(text) if text.isdigit() and int(text) > 0 else 1
-        elif tag == _PIXEL_DATA and not _is_compressed_le(transfer_syntax_uid) and len(image) == 4:
-            expected = image["rows"] * image["columns"] * image["samples"] * image["bits"] * frames // 8
-            if length < expected:
-                return f"pixel data has {length} bytes, its image attributes need {expected}"
-        position = start + length
+    try:
+        for tag, start, length in _elements(dataset, transfer_syntax_uid != ImplicitVRLittleEndian):
+            if tag in _IMAGE_PIXEL_US and length == 2:
+                (image[_IMAGE_PIXEL_US[tag]],) = _SHORT.unpack_from(dataset, start)
+            elif tag == _NUMBER_OF_FRAMES and length != UNDEFINED_LENGTH:
+                text = dataset[start : start + length].decode("ascii", "replace").strip(" \0")
+                frames = int(text) if text.isdigit() and int(text) > 0 else 1
+            elif tag == _PIXEL_DATA and native and len(image) == 4 and length != UNDEFINED_LENGTH:
+                expected = image["rows"] * image["columns"] * image["samples"] * image["bits"] * frames // 8
+                if length < expected:
+                    return f"pixel data has {length} bytes, its image attributes need {expected}"
+    except _Truncated as truncated:
+        return str(truncated)
+    except _Unwalkable:
+        return None
     return None
 
 
