@@ -23,7 +23,7 @@ import pydicom
 import SimpleITK as sitk
 from sqlalchemy import func, select
 
-from codebrain_node.config import REPO_ROOT, Destination, Settings
+from codebrain_node.config import REPO_ROOT, Destination, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import AuditEvent, Export, Job, Series, Study, StudyState, as_utc
 from codebrain_node.phantom.case import PHANTOM_FILE_STEMS, make_phantom_case
@@ -86,20 +86,10 @@ def _start_storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def _bench_settings(settings: Settings, data_dir: Path, pacs_port: int, quiet_period_s: float) -> Settings:
-    local = settings.model_copy(deep=True)
-    local.paths.data_dir = data_dir
-    local.database.url = local.database.url.__class__("")
-    local.dicom.bind_address = "127.0.0.1"
-    local.dicom.port = 0
-    local.dicom.allowed_callers = [SCANNER_AE]
-    local.dicom.min_free_disk_mb = 0
-    local.routing.quiet_period_s = quiet_period_s
+    pacs = Destination(name="pacs", kind="dicom", ae_title=PACS_AE, host="127.0.0.1", port=pacs_port)
+    local = local_node_settings(settings, data_dir, pacs, quiet_period_s=quiet_period_s, callers=[SCANNER_AE])
     local.routing.check_interval_s = 0.1
     local.engine.poll_interval_s = 0.1
-    local.export.policy = "auto"
-    local.export.destinations = [
-        Destination(name="pacs", kind="dicom", ae_title=PACS_AE, host="127.0.0.1", port=pacs_port)
-    ]
     return local
 
 

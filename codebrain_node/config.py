@@ -249,6 +249,31 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
     return settings
 
 
+def local_node_settings(
+    settings: Settings,
+    data_dir: Path,
+    destination: Destination,
+    *,
+    quiet_period_s: float,
+    callers: list[str] | None = None,
+) -> Settings:
+    """A copy of ``settings`` for a throw-away node of our own (demo, bench, offline): its own folder and SQLite
+    database, results exported at once to ``destination``. ``callers``: it listens on a free loopback port and
+    accepts only these AE titles (no disk watermark: the folder is temporary)."""
+    local = settings.model_copy(deep=True)
+    local.paths.data_dir = data_dir
+    local.database.url = local.database.url.__class__("")
+    local.routing.quiet_period_s = quiet_period_s
+    local.export.policy = "auto"
+    local.export.destinations = [destination]
+    if callers is not None:
+        local.dicom.bind_address = "127.0.0.1"
+        local.dicom.port = 0
+        local.dicom.allowed_callers = callers
+        local.dicom.min_free_disk_mb = 0
+    return local
+
+
 def effective_items(settings: Settings) -> list[tuple[str, str, str]]:
     """``(dotted key, shown value, source)`` for every setting, secrets masked."""
     rows = []

@@ -21,7 +21,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import select
 
-from codebrain_node.config import Destination, Settings
+from codebrain_node.config import Destination, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Study, StudyState
 from codebrain_node.imaging.series_io import read_dicom_files
@@ -92,17 +92,9 @@ def run_demo(
 
 
 def _demo_settings(settings: Settings, data_dir: Path, pacs: Path) -> Settings:
-    local = settings.model_copy(deep=True)
-    local.paths.data_dir = data_dir
-    local.database.url = local.database.url.__class__("")
-    local.dicom.bind_address = "127.0.0.1"
-    local.dicom.port = 0
-    local.dicom.allowed_callers = [DEMO_CALLER]
-    local.dicom.min_free_disk_mb = 0
-    local.routing.quiet_period_s = 2.0
+    folder_pacs = Destination(name="pacs", kind="folder", path=pacs)
+    local = local_node_settings(settings, data_dir, folder_pacs, quiet_period_s=2.0, callers=[DEMO_CALLER])
     local.routing.check_interval_s = 0.5
-    local.export.policy = "auto"
-    local.export.destinations = [Destination(name="pacs", kind="folder", path=pacs)]
     return local
 
 

@@ -18,7 +18,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
-from codebrain_node.config import Destination, Settings
+from codebrain_node.config import Destination, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Series, Study, utcnow
 from codebrain_node.db.session import make_engine, session_factory, upgrade
@@ -102,14 +102,10 @@ def impute_folder(
 
 
 def _offline_settings(settings: Settings, work: Path, output_dir: Path, synthesize: list[Contrast] | None) -> Settings:
-    local = settings.model_copy(deep=True)
-    local.paths.data_dir = work
-    local.database.url = local.database.url.__class__("")
-    local.routing.quiet_period_s = 0.0
+    output = Destination(name="output", kind="folder", path=output_dir)
+    local = local_node_settings(settings, work, output, quiet_period_s=0.0)
     if synthesize:
         local.routing.synthesize = synthesize
-    local.export.policy = "auto"
-    local.export.destinations = [Destination(name="output", kind="folder", path=output_dir)]
     return local
 
 

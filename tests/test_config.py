@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from codebrain_node.config import DEFAULT_CONFIG_FILE, ConfigError, Settings, effective_items, load_settings
+from codebrain_node.config import (
+    DEFAULT_CONFIG_FILE,
+    ConfigError,
+    Destination,
+    Settings,
+    effective_items,
+    load_settings,
+    local_node_settings,
+)
 from codebrain_node.contrasts import Contrast
 
 
@@ -88,3 +96,16 @@ def test_database_password_is_masked() -> None:
 def test_default_database_is_sqlite_in_data_dir(tmp_path: Path) -> None:
     settings = load_settings(environ={"CODEBRAIN_PATHS__DATA_DIR": str(tmp_path)})
     assert settings.database_url == f"sqlite:///{tmp_path / 'codebrain.db'}"
+
+
+def test_local_node_settings_is_a_private_loopback_node_and_leaves_the_original_alone(tmp_path):
+    original = Settings()
+    out = Destination(name="out", kind="folder", path=tmp_path / "out")
+    local = local_node_settings(original, tmp_path / "node", out, quiet_period_s=1.5, callers=["SCANNER"])
+    assert local.paths.data_dir == tmp_path / "node" and str(tmp_path / "node") in local.database_url
+    assert (local.dicom.bind_address, local.dicom.port, local.dicom.allowed_callers) == ("127.0.0.1", 0, ["SCANNER"])
+    assert local.export.policy == "auto" and local.export.destinations == [out]
+    assert local.routing.quiet_period_s == 1.5
+    assert original.dicom.port != 0 and original.export.destinations != [out]
+    offline = local_node_settings(original, tmp_path / "node", out, quiet_period_s=0.0)
+    assert offline.dicom.port == original.dicom.port  # no listener settings without callers
