@@ -9,6 +9,11 @@ What each side promises differs, so two DCMTK figures are given: plain ``storesc
 issue) writes without fsync; ``storescp`` with ``--exec-on-reception "sync FILE" --exec-sync`` fsyncs each file
 before its C-STORE-RSP, as our spool does (ours also fsyncs the directory). CPU milliseconds per instance are
 reported too: on a shared machine they vary less than wall-clock rates.
+
+The durable-write floor is the spool's own write (temp file, fdatasync, rename, directory fsync) of the same
+bytes with no network at all, one writer per association: no receiver that keeps the "durable before success"
+promise can beat it on one association, because the sender waits for each C-STORE-RSP. Its ratio to storescp
+is the ceiling any such receiver could report on this disk.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -244,6 +250,26 @@ def _time_pynetdicom_baseline(files: Sequence[Path], work: Path, associations: i
     return elapsed, cpu
 
 
+def _time_durable_floor(files: Sequence[Path], work: Path, associations: int) -> float:
+    """Wall seconds for the spool's durable write of every file's bytes, ``associations`` writers in parallel."""
+    from codebrain_node.receive.spool import Spool
+
+    spool = Spool(Path(tempfile.mkdtemp(prefix="floor-", dir=work)))
+    contents = [path.read_bytes() for path in files]
+    series = spool.incoming / "study" / "series"
+    series.mkdir(parents=True)
+
+    def write(index: int) -> None:
+        spool._write_durably((contents[index],), series / f"{index}.dcm")
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=associations) as pool:
+        list(pool.map(write, range(len(contents))))
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(spool.data_dir, ignore_errors=True)
+    return elapsed
+
+
 def bench_ingest(
     n_instances: int = 500,
     associations: int = 4,
@@ -287,6 +313,9 @@ def bench_ingest(
                 durable, _ = _time_storescp(files, work, count, fsync=True)
                 run["storescp_fsync_per_s"] = round(n_instances / durable, 1)
                 run["ratio_vs_storescp_fsync"] = round(durable / ours, 3)
+            floor = _time_durable_floor(files, work, count)
+            run["durable_write_only_per_s"] = round(n_instances / floor, 1)
+            run["ratio_ceiling_with_durable_write"] = round(theirs / floor, 3)
             if compare_without_nodelay:
                 plain, _ = _time_ours(files, work, count, tcp_nodelay=False)
                 run["ours_without_nodelay_per_s"] = round(n_instances / plain, 1)

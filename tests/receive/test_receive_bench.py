@@ -14,4 +14,7 @@ def test_bench_ingest_reports_both_receivers(tmp_path) -> None:  # type: ignore[
     for run in result["runs"].values():
         assert run["ours_per_s"] > 0 and run["storescp_per_s"] > 0 and run["ours_without_nodelay_per_s"] > 0
         assert run["ratio"] == pytest.approx(run["ours_per_s"] / run["storescp_per_s"], rel=0.05)
+        assert run["durable_write_only_per_s"] > 0
+        ceiling = run["durable_write_only_per_s"] / run["storescp_per_s"]
+        assert run["ratio_ceiling_with_durable_write"] == pytest.approx(ceiling, rel=0.05)
     assert not list(tmp_path.iterdir())  # the work folder is removed
