@@ -174,6 +174,16 @@ class ReviewSettings(_Section):
     trusted_user_role: Literal["reviewer", "viewer"] = "viewer"
     #: Addresses or networks that may read /metrics without signing in (a Prometheus server).
     metrics_allowed_hosts: list[str] = Field(default_factory=list)
+    #: Failed password sign-ins for one user name within ``sign_in_window_s`` that lock the name out.
+    sign_in_max_failures: Annotated[int, Field(gt=0)] = 5
+    #: Failed sign-ins from one client address (any names) within the window that lock the address out, so one
+    #: address cannot try a few passwords on many names. Behind one of ``trusted_proxies`` the address is taken
+    #: from X-Forwarded-For (the entry the proxy added), so clients are not all counted as the proxy.
+    sign_in_max_failures_per_address: Annotated[int, Field(gt=0)] = 20
+    #: Seconds over which failed sign-ins are counted.
+    sign_in_window_s: Annotated[int, Field(gt=0)] = 900
+    #: Seconds a locked-out name or address is refused without its password being checked.
+    sign_in_lockout_s: Annotated[int, Field(gt=0)] = 900
 
     @field_validator("trusted_proxies", "metrics_allowed_hosts")
     @classmethod

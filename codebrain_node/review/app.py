@@ -4,7 +4,8 @@ Server-rendered pages (Jinja2) and one small script; slices are PNGs rendered he
 Every path but ``/healthz`` and the sign-in page needs a signed-in user: pages redirect to ``/login``, anything
 else answers 401 (the check is one middleware, so a new route cannot forget it). Every POST carries the
 session's CSRF token. Approve and reject go through :mod:`codebrain_node.review.worklist` and so through the
-state machine, which audits them with ``user:<name>`` as actor.
+state machine, which audits them with ``user:<name>`` as actor. Repeated failed sign-ins lock the user name, or
+the client address, out for a while (:class:`~codebrain_node.review.auth.SignInThrottle`).
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
-    """The review app for ``settings`` on the database behind ``factory``."""
+def create_app(
+    settings: Settings, factory: sessionmaker[Session], clock: Callable[[], float] = time.monotonic
+) -> FastAPI:
+    """The review app for ``settings`` on the database behind ``factory``; ``clock`` times sign-in lock-outs."""
     review = settings.review
     app = FastAPI(title="codebrain-node review", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -74,6 +77,8 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     geometries = render.GeometryCache()
     app.state.metrics = metrics
     app.state.settings = settings
+    throttle = auth.SignInThrottle.from_settings(review, clock)
+    app.state.sign_in_throttle = throttle
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.update(
@@ -154,15 +159,30 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
         if not auth.csrf_matches(request.session.get("csrf"), csrf_token):
             metrics.actions.labels("sign_in", "csrf_refused").inc()
             return PlainTextResponse("invalid or missing CSRF token; reload the page", status_code=403)
-        user = auth.authenticate(review, username.strip(), password)
+        name = username.strip()
+        peer = request.client.host if request.client else None
+        client = auth.client_address(review, peer, request.headers.get("x-forwarded-for"))
+        again = RedirectResponse(f"/login?{urlencode({'next': _safe_next(next)})}", status_code=303)
+        locked = throttle.locked(name, client)
+        if locked:  # refused before the password is checked: no Argon2 work, nothing learnt about the password
+            with factory() as session, session.begin():
+                audit(session, f"user:{name[:64]}", "sign_in_throttled", None, via="password", limit=locked)
+            metrics.actions.labels("sign_in", "throttled").inc()
+            log.warning("sign-in throttled for user %r from %s (%s locked out)", name[:64], client, locked)
+            flash(request, "error", "Sign-in refused: too many failed sign-ins, try again later.")
+            return again
+        user = auth.authenticate(review, name, password)
         action = "sign_in" if user else "sign_in_failed"
         with factory() as session, session.begin():
-            audit(session, f"user:{username.strip()[:64]}", action, None, via="password")
+            audit(session, f"user:{name[:64]}", action, None, via="password")
         if user is None:
             metrics.actions.labels("sign_in", "refused").inc()
-            log.info("sign-in refused for user %r", username.strip()[:64])
+            log.info("sign-in refused for user %r", name[:64])
+            for kind in throttle.failed(name, client):
+                log.warning("too many failed sign-ins: %s locked out (user %r, address %s)", kind, name[:64], client)
             flash(request, "error", "Unknown user or wrong password.")
-            return RedirectResponse(f"/login?{urlencode({'next': _safe_next(next)})}", status_code=303)
+            return again
+        throttle.succeeded(name)
         metrics.actions.labels("sign_in", "ok").inc()
         request.session.clear()  # a fresh session (and CSRF token) at every sign-in
         request.session["user"] = user.name

@@ -3,7 +3,8 @@
 Passwords are Argon2id hashes (argon2-cffi) made by ``codebrain-node user hash-password``; the config never
 holds a password. The session lives in a signed cookie (Starlette's SessionMiddleware, itsdangerous) whose key
 comes from ``review.secret_key`` or is generated once and kept beside the data. A user removed from the
-config loses access on their next request, because every request looks the user up again.
+config loses access on their next request, because every request looks the user up again. Repeated failed
+sign-ins lock the user name (and the client address) out for a while (:class:`SignInThrottle`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import ipaddress
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +70,107 @@ def authenticate(review: ReviewSettings, name: str, password: str) -> User | Non
     return User(configured.name, configured.role, "password")
 
 
+@dataclass
+class _Failures:
+    count: int
+    first_at: float
+    locked_until: float | None = None
+
+
+class SignInThrottle:
+    """Failed password sign-ins per user name and per client address, kept in memory (one process serves the app).
+
+    ``max_per_user`` failures for a name, or ``max_per_address`` for an address, within ``window_s`` lock it out
+    for ``lockout_s``. A locked-out attempt is refused before the password is looked at: no Argon2 work to spend
+    and no answer that tells a right password from a wrong one. A successful sign-in clears its name's count
+    (not its address's, or one valid account would let an address go on trying others). At most ``max_entries``
+    names and addresses are remembered: expired ones go first, then the least recently failed.
+    """
+
+    def __init__(
+        self,
+        max_per_user: int,
+        max_per_address: int,
+        window_s: float,
+        lockout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 10_000,
+    ) -> None:
+        self.max_per_user = max_per_user
+        self.max_per_address = max_per_address
+        self.window_s = window_s
+        self.lockout_s = lockout_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._failures: dict[tuple[str, str], _Failures] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, review: ReviewSettings, clock: Callable[[], float] = time.monotonic) -> SignInThrottle:
+        return cls(
+            review.sign_in_max_failures,
+            review.sign_in_max_failures_per_address,
+            review.sign_in_window_s,
+            review.sign_in_lockout_s,
+            clock,
+        )
+
+    def locked(self, name: str, address: str | None) -> str | None:
+        """``"user"`` or ``"address"`` when this attempt must be refused unchecked, else None."""
+        now = self._clock()
+        with self._lock:
+            for kind, key in (("user", _name_key(name)), ("address", address or "")):
+                entry = self._failures.get((kind, key))
+                if entry is not None and entry.locked_until is not None and now < entry.locked_until:
+                    return kind
+        return None
+
+    def failed(self, name: str, address: str | None) -> list[str]:
+        """Count a failed sign-in; returns what it has just locked out (``"user"``, ``"address"``), for the log."""
+        now = self._clock()
+        locked = []
+        with self._lock:
+            for kind, key, limit in (
+                ("user", _name_key(name), self.max_per_user),
+                ("address", address or "", self.max_per_address),
+            ):
+                entry = self._failures.pop((kind, key), None)
+                if entry is None or self._expired(entry, now):
+                    entry = _Failures(0, now)
+                entry.count += 1
+                if entry.count >= limit and entry.locked_until is None:
+                    entry.locked_until = now + self.lockout_s
+                    locked.append(kind)
+                self._failures[(kind, key)] = entry  # re-inserted last: the dict runs from least to most recent
+            if len(self._failures) > self.max_entries:
+                self._prune(now)
+        return locked
+
+    def succeeded(self, name: str) -> None:
+        """The right password: this name starts again from zero."""
+        with self._lock:
+            self._failures.pop(("user", _name_key(name)), None)
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def _expired(self, entry: _Failures, now: float) -> bool:
+        if entry.locked_until is not None:
+            return now >= entry.locked_until
+        return now - entry.first_at >= self.window_s
+
+    def _prune(self, now: float) -> None:
+        for key in [key for key, entry in self._failures.items() if self._expired(entry, now)]:
+            del self._failures[key]
+        while len(self._failures) > self.max_entries:
+            del self._failures[next(iter(self._failures))]
+
+
+def _name_key(name: str) -> str:
+    """User names are at most 64 characters; a longer guess must not cost more memory."""
+    return name.strip()[:64]
+
+
 def user_from_session(review: ReviewSettings, name: str | None) -> User | None:
     """Re-check a session's user against the current config (removed users are signed out)."""
     if not name:
@@ -100,6 +204,18 @@ def user_from_trusted_header(review: ReviewSettings, client_host: str | None, he
     configured = next((user for user in review.users if user.name == name), None)
     role = configured.role if configured else review.trusted_user_role
     return User(name, role, "header")
+
+
+def client_address(review: ReviewSettings, client_host: str | None, forwarded_for: str | None) -> str | None:
+    """The address sign-in failures are counted against: the peer, or, when the peer is one of
+    ``trusted_proxies``, the nearest address in X-Forwarded-For that is not itself a trusted proxy (entries
+    further left were written by the client and prove nothing)."""
+    if not forwarded_for or not _in_networks(client_host, review.trusted_proxies):
+        return client_host
+    for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
+        if not _in_networks(hop, review.trusted_proxies):
+            return hop
+    return client_host
 
 
 def may_read_metrics(review: ReviewSettings, client_host: str | None) -> bool:
