@@ -27,7 +27,7 @@ from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Instance, Job, Series, Study, StudyState, as_utc
 from codebrain_node.imaging.preprocess import PreparedStudy, prepare_study, restore
-from codebrain_node.imaging.series_io import read_dicom_files, sort_dicom_files
+from codebrain_node.imaging.series_io import read_dicom_slices
 from codebrain_node.route import jobs
 from codebrain_node.route.lifecycle import reopen_if_settled, transition
 from codebrain_node.weights import LoadedModel, load_model
@@ -42,7 +42,8 @@ REFERENCE_PREFERENCE = (Contrast.T1, Contrast.T1GD, Contrast.T2, Contrast.FLAIR,
 
 @dataclass
 class SeriesInput:
-    """One input series: its headers sorted along the slice normal and the volume read in that order."""
+    """One input series: its slice headers sorted along the slice normal (one per frame of a multi-frame image)
+    and the volume read in that order."""
 
     contrast: Contrast
     datasets: list[pydicom.Dataset]
@@ -64,9 +65,8 @@ def load_inputs(session: Session, job: Job) -> dict[Contrast, SeriesInput]:
     inputs: dict[Contrast, SeriesInput] = {}
     for name, series_uid in job.inputs.items():
         series = session.scalars(select(Series).where(Series.series_instance_uid == series_uid)).one()
-        ordered = sort_dicom_files([Path(instance.path) for instance in series.instances])
-        datasets = [pydicom.dcmread(path, stop_before_pixels=True) for path in ordered]
-        inputs[Contrast(name)] = SeriesInput(Contrast(name), datasets, read_dicom_files(ordered))
+        headers, image = read_dicom_slices([Path(instance.path) for instance in series.instances])
+        inputs[Contrast(name)] = SeriesInput(Contrast(name), headers, image)
     return inputs
 
 

@@ -2,6 +2,11 @@
 
 DICOM slices are ordered by their position along the slice normal (ImagePositionPatient · normal), not by file name
 or InstanceNumber, because PACS and modality numbering cannot be trusted; rescale slope/intercept are applied.
+
+Multi-frame images (Enhanced MR, PS3.3 A.36.2, and its legacy-converted form, A.36.5) keep each frame's geometry
+and MR parameters in functional group macros (C.7.6.16). :func:`frame_headers` flattens them into one classic-looking
+header per frame, so the classifier, the engine and the writer treat a frame exactly as a single-frame slice; the
+pixel data of those frames is decoded by highdicom, which applies each frame's Pixel Value Transformation.
 """
 
 from __future__ import annotations
@@ -9,12 +14,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+#: Top-level attributes of a multi-frame image that mean nothing for one frame (Number of Frames stays: it tells
+#: how many slices the instance holds).
+_MULTI_FRAME_ONLY = ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "PixelData")
+
+#: Enhanced MR Echo Pulse Sequence (C.8.13.1) → classic Scanning Sequence (C.8.3.1) codes.
+_ECHO_PULSE_TO_SCANNING = {"SPIN": ["SE"], "GRADIENT": ["GR"], "BOTH": ["SE", "GR"]}
 
 
 def is_volume_file(path: Path) -> bool:
@@ -22,27 +36,131 @@ def is_volume_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
+def is_multi_frame(dataset: Dataset) -> bool:
+    return "PerFrameFunctionalGroupsSequence" in dataset
+
+
+def frame_headers(dataset: Dataset) -> list[Dataset]:
+    """One single-frame header per frame of a multi-frame image; a single-frame dataset comes back as it is.
+
+    Each frame header has the top-level attributes, then those of every shared functional group, then those of
+    the frame's own groups (later wins, as C.7.6.16 says per-frame values override shared ones), and the
+    classic names the classifier reads: Echo Time from Effective Echo Time, Inversion Time from Inversion Times,
+    Scanning Sequence from Echo Pulse Sequence and Inversion Recovery, Contrast/Bolus Agent from the agent code.
+    It also carries Referenced Frame Number (0008,1160), 1-based, so that SOP Instance UID and frame number
+    together reference the frame (PS3.3 Table 10-3, Image SOP Instance Reference Macro).
+    """
+    if not is_multi_frame(dataset):
+        return [dataset]
+    top = Dataset()
+    for element in dataset:
+        if element.keyword not in _MULTI_FRAME_ONLY:
+            top.add(element)
+    shared = dataset.get("SharedFunctionalGroupsSequence") or [Dataset()]
+    frames = []
+    for number, per_frame in enumerate(dataset.PerFrameFunctionalGroupsSequence, start=1):
+        frame = Dataset()
+        frame.update(top)
+        for groups in (shared[0], per_frame):
+            for group in groups:
+                if group.VR == "SQ" and group.value:
+                    frame.update(group.value[0])
+        _add_classic_names(frame)
+        frame.ReferencedFrameNumber = number
+        frames.append(frame)
+    return frames
+
+
+def _add_classic_names(frame: Dataset) -> None:
+    if "EchoTime" not in frame and "EffectiveEchoTime" in frame:
+        frame.EchoTime = frame.EffectiveEchoTime
+    if "InversionTime" not in frame and frame.get("InversionTimes"):
+        times = frame.InversionTimes
+        frame.InversionTime = times[0] if isinstance(times, Sequence) else times
+    if "ScanningSequence" not in frame and "EchoPulseSequence" in frame:
+        codes = list(_ECHO_PULSE_TO_SCANNING.get(str(frame.EchoPulseSequence).upper(), []))
+        if str(frame.get("InversionRecovery", "")).upper() == "YES":
+            codes.append("IR")
+        if codes:
+            frame.ScanningSequence = codes
+    if not frame.get("ContrastBolusAgent") and frame.get("ContrastBolusAgentSequence"):
+        frame.ContrastBolusAgent = str(frame.ContrastBolusAgentSequence[0].get("CodeMeaning", "")) or "agent"
+
+
+def slice_position(header: Dataset) -> float:
+    """Where a slice (or flattened frame) lies along the normal of its own orientation, in mm."""
+    orientation = np.array([float(v) for v in header.ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    return float(np.array([float(v) for v in header.ImagePositionPatient]) @ normal)
+
+
+def _sort_key(header: Dataset) -> tuple[float, int, int]:
+    return (
+        slice_position(header),
+        int(header.get("InstanceNumber", 0) or 0),
+        int(header.get("ReferencedFrameNumber", 0) or 0),
+    )
+
+
 def sort_dicom_files(paths: Sequence[Path]) -> list[Path]:
-    """Order the files of one series by slice position along the normal of their common orientation."""
-    keyed: list[tuple[float, int, Path]] = []
+    """Order the (single-frame) files of one series by slice position along the normal of their orientation."""
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+    order = sorted(range(len(paths)), key=lambda i: _sort_key(headers[i]))
+    return [Path(paths[i]) for i in order]
+
+
+def read_dicom_slices(paths: Sequence[Path]) -> tuple[list[Dataset], sitk.Image]:
+    """The files of ONE series (any order, single- or multi-frame) as slice headers sorted along the normal and
+    the 3-D image whose slice ``z`` is header ``z``. Headers carry no pixel data."""
+    if not paths:
+        raise ValueError("no DICOM files given")
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+    if not any(is_multi_frame(header) for header in headers):
+        order = sorted(range(len(paths)), key=lambda i: _sort_key(headers[i]))
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames([str(paths[i]) for i in order])
+        return [headers[i] for i in order], reader.Execute()
+    return _read_frames(paths)
+
+
+def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], sitk.Image]:
+    """Multi-frame (and any single-frame files beside them) via highdicom: frames sorted, stacked, placed."""
+    slices: list[tuple[Dataset, np.ndarray]] = []
     for path in paths:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        orientation = np.array([float(v) for v in header.ImageOrientationPatient])
-        normal = np.cross(orientation[:3], orientation[3:])
-        position = np.array([float(v) for v in header.ImagePositionPatient])
-        keyed.append((float(position @ normal), int(getattr(header, "InstanceNumber", 0) or 0), Path(path)))
-    keyed.sort(key=lambda item: (item[0], item[1]))
-    return [path for _, _, path in keyed]
+        image = hd.Image.from_dataset(pydicom.dcmread(path), copy=False)
+        for header in frame_headers(image):
+            number = int(header.get("ReferencedFrameNumber", 1))
+            pixels = image.get_frame(number, dtype=np.float32, apply_modality_transform=True)
+            if "PixelData" in header:  # a single-frame file: keep its header only
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+            slices.append((header, pixels))
+    slices.sort(key=lambda item: _sort_key(item[0]))
+    headers = [header for header, _ in slices]
+    first = headers[0]
+    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
+    for header in headers[1:]:
+        if not np.allclose([float(v) for v in header.ImageOrientationPatient], orientation, atol=1e-3):
+            raise ValueError("the frames of this series do not share one orientation (several stacks?)")
+    shapes = {pixels.shape for _, pixels in slices}
+    if len(shapes) != 1:
+        raise ValueError(f"the frames of this series differ in size: {sorted(shapes)}")
+    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+    positions = [slice_position(header) for header in headers]
+    steps = np.diff(positions)
+    step = float(np.median(steps)) if len(steps) else float(first.get("SliceThickness") or 1.0)
+    if step <= 0:
+        raise ValueError("two frames of this series lie at the same position")
+    volume = sitk.GetImageFromArray(np.stack([pixels for _, pixels in slices]))
+    volume.SetSpacing((column_spacing, row_spacing, step))
+    volume.SetOrigin(tuple(float(v) for v in first.ImagePositionPatient))
+    normal = np.cross(orientation[:3], orientation[3:])
+    volume.SetDirection(tuple(np.column_stack([orientation[:3], orientation[3:], normal]).ravel()))
+    return headers, volume
 
 
 def read_dicom_files(paths: Sequence[Path]) -> sitk.Image:
     """Read the files of ONE series (any order) into a 3-D image with its patient geometry."""
-    if not paths:
-        raise ValueError("no DICOM files given")
-    ordered = sort_dicom_files(paths)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(p) for p in ordered])
-    return reader.Execute()
+    return read_dicom_slices(paths)[1]
 
 
 def read_dicom_folder(folder: Path, series_uid: str | None = None) -> sitk.Image:

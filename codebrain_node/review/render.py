@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.pixels import pixel_array
+
+from codebrain_node.imaging.series_io import frame_headers
 
 CONFIDENCE_FILE = "confidence.npy"
 
@@ -39,6 +42,7 @@ class SliceRef:
     position: tuple[float, float, float] | None
     normal: tuple[float, float, float] | None
     location: float
+    frame: int | None = None  # 1-based frame of a multi-frame instance (Enhanced MR); None: a single-frame file
 
 
 @dataclass(frozen=True)
@@ -70,22 +74,27 @@ def _geometry_of(ds: pydicom.Dataset) -> tuple[tuple[float, float, float] | None
     return tuple(float(v) for v in position), tuple(float(v) for v in normal)  # type: ignore[return-value]
 
 
-def read_pixels(path: Path) -> np.ndarray:
-    """One slice's modality values as float32 [H, W]."""
+def read_pixels(path: Path, frame: int | None = None) -> np.ndarray:
+    """One slice's modality values as float32 [H, W]: the file's image, or frame ``frame`` (1-based) of it."""
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
+        header = frame_headers(ds)[frame - 1] if frame is not None else ds
+        pixels = pixel_array(ds, index=frame - 1) if frame is not None else ds.pixel_array
     except FileNotFoundError:
         raise RenderError(f"instance file {path.name} is missing") from None
     except Exception as exc:  # pydicom raises many kinds for unsupported transfer syntaxes
         raise RenderError(f"cannot decode {path.name}: {type(exc).__name__}") from None
     if pixels.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]  # a multi-frame instance: its first frame
+        pixels = pixels[0]  # a multi-frame instance asked for without a frame: its first
     if pixels.ndim != 2:
         raise RenderError(f"{path.name}: only greyscale images are shown")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope = float(header.get("RescaleSlope", 1) or 1)
+    intercept = float(header.get("RescaleIntercept", 0) or 0)
     return pixels.astype(np.float32) * slope + intercept
+
+
+def read_slice(ref: SliceRef) -> np.ndarray:
+    return read_pixels(ref.path, ref.frame)
 
 
 def _auto_window(pixels: np.ndarray) -> tuple[float, float]:
@@ -104,16 +113,18 @@ def load_geometry(paths: list[Path]) -> SeriesGeometry:
     refs = []
     for path in paths:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            instance = pydicom.dcmread(path, stop_before_pixels=True)
         except FileNotFoundError:
             raise RenderError(f"instance file {path.name} is missing") from None
-        position, normal = _geometry_of(ds)
-        number = ds.get("InstanceNumber")
-        number = int(number) if number not in (None, "") else None
-        location = float(np.dot(position, normal)) if position and normal else float(number or 0)
-        refs.append(SliceRef(path, number, position, normal, location))
-    refs.sort(key=lambda ref: (ref.location, ref.instance_number or 0))
-    middle = read_pixels(refs[len(refs) // 2].path)
+        for ds in frame_headers(instance):  # one per frame of an Enhanced MR instance
+            position, normal = _geometry_of(ds)
+            number = ds.get("InstanceNumber")
+            number = int(number) if number not in (None, "") else None
+            location = float(np.dot(position, normal)) if position and normal else float(number or 0)
+            frame = int(ds.ReferencedFrameNumber) if "ReferencedFrameNumber" in ds else None
+            refs.append(SliceRef(path, number, position, normal, location, frame))
+    refs.sort(key=lambda ref: (ref.location, ref.instance_number or 0, ref.frame or 0))
+    middle = read_slice(refs[len(refs) // 2])
     level, width = _auto_window(middle)
     return SeriesGeometry(tuple(refs), level, width)
 

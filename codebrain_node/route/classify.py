@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 
 from codebrain_node.config import REPO_ROOT
 from codebrain_node.contrasts import Contrast
+from codebrain_node.imaging.series_io import frame_headers
 
 DEFAULT_RULES_FILE = REPO_ROOT / "configs" / "classify.toml"
 
@@ -249,7 +250,8 @@ def read_series_headers(paths: Sequence[Path], n_instances: int | None = None) -
     datasets = []
     for path in sample_paths(list(paths)):
         try:
-            datasets.append(pydicom.dcmread(path, stop_before_pixels=True))
+            # a multi-frame image speaks through its first frame's flattened functional groups
+            datasets.append(frame_headers(pydicom.dcmread(path, stop_before_pixels=True))[0])
         except (OSError, InvalidDicomError, ValueError, EOFError):
             continue
     if not datasets:

@@ -330,6 +330,8 @@ def _source_images(ref: Dataset, source_centres: Mapping[Contrast, list[tuple[Da
         item = Dataset()
         item.ReferencedSOPClassUID = nearest.SOPClassUID
         item.ReferencedSOPInstanceUID = nearest.SOPInstanceUID
+        if "ReferencedFrameNumber" in nearest:  # a frame of a multi-frame input (imaging.series_io.frame_headers)
+            item.ReferencedFrameNumber = nearest.ReferencedFrameNumber
         item.PurposeOfReferenceCodeSequence = [_code(SOURCE_IMAGE_PURPOSE)]
         items.append(item)
     return items

@@ -14,6 +14,7 @@ from codebrain_node.model import CodeBrain, ModelConfig, save_inference_checkpoi
 from codebrain_node.offline import impute_folder
 from codebrain_node.phantom.case import make_phantom_case
 from codebrain_node.phantom.dicom_study import write_dicom_study
+from tests.imaging.enhanced_mr import to_enhanced_mr
 
 TINY = {
     "contrasts": ["T1", "T1Gd", "T2", "FLAIR"],
@@ -72,3 +73,47 @@ def test_folder_with_nothing_to_do_writes_nothing(tmp_path: Path, checkpoint: Pa
     settings = load_settings(environ={"CODEBRAIN_MODEL__WEIGHTS": str(checkpoint)})
     result = impute_folder(settings, tmp_path / "in", tmp_path / "out")
     assert result.studies == {} and result.skipped_files == ["notes.txt: InvalidDicomError"]
+
+
+def test_enhanced_mr_inputs_give_one_synthetic_instance_per_frame(study: Path, checkpoint: Path, tmp_path: Path):
+    """T1 and FLAIR as multi-frame Enhanced MR (as newer scanners send them), T2 classic: the synthetic series lies
+    frame for frame on the enhanced T1 and its Source Image Sequence names the frames it came from."""
+    folder = tmp_path / "in"
+    enhanced: dict[str, pydicom.Dataset] = {}
+    for series_dir in sorted(study.iterdir()):
+        slices = [pydicom.dcmread(p) for p in sorted(series_dir.glob("*.dcm"))]
+        (folder / series_dir.name).mkdir(parents=True)
+        if series_dir.name.startswith(("101_", "301_")):
+            image = to_enhanced_mr(slices)
+            image.save_as(folder / series_dir.name / "enhanced.dcm", enforce_file_format=True)
+            enhanced[series_dir.name[:3]] = image
+        else:
+            for path in sorted(series_dir.glob("*.dcm")):
+                (folder / series_dir.name / path.name).write_bytes(path.read_bytes())
+    settings = load_settings(environ={"CODEBRAIN_MODEL__WEIGHTS": str(checkpoint)})
+    out = tmp_path / "out"
+    result = impute_folder(settings, folder, out, synthesize=[Contrast.T1GD])
+    assert list(result.written.values()) == [["T1Gd"]]
+    synthetic = [pydicom.dcmread(p) for p in sorted(out.rglob("*.dcm"))]
+    t1 = enhanced["101"]
+    assert len(synthetic) == int(t1.NumberOfFrames)
+    frame_positions = sorted(
+        tuple(float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient)
+        for frame in t1.PerFrameFunctionalGroupsSequence
+    )
+    written = sorted(tuple(float(v) for v in ds.ImagePositionPatient) for ds in synthetic)
+    np.testing.assert_allclose(written, frame_positions, atol=1e-3)
+    assert synthetic[0].FrameOfReferenceUID == t1.FrameOfReferenceUID
+    for ds in synthetic:
+        sources = {str(item.ReferencedSOPInstanceUID): item for item in ds.SourceImageSequence}
+        assert len(sources) == 3  # T1 and FLAIR (frames of one instance each) and a T2 slice
+        frame = sources[str(t1.SOPInstanceUID)]
+        referenced = t1.PerFrameFunctionalGroupsSequence[int(frame.ReferencedFrameNumber) - 1]
+        position = [float(v) for v in referenced.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(position, [float(v) for v in ds.ImagePositionPatient], atol=1e-3)
+        assert "ReferencedFrameNumber" in sources[str(enhanced["301"].SOPInstanceUID)]
+        assert all(
+            "ReferencedFrameNumber" not in item
+            for uid, item in sources.items()
+            if uid not in (str(t1.SOPInstanceUID), str(enhanced["301"].SOPInstanceUID))
+        )
