@@ -267,7 +267,7 @@ def create_app(
         try:
             geometry = geometries.get(series_id, paths)
             position = _slice_index(geometry, index, near)
-            pixels = render.read_pixels(geometry.slices[position].path)
+            pixels = render.read_slice(geometry.slices[position])
         except render.RenderError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
         png = render.window_to_png(
@@ -291,7 +291,7 @@ def create_app(
             volume = render.load_confidence(ref.path.parent)
             if volume is None:
                 raise HTTPException(status_code=404, detail="this series has no confidence map")
-            shape = render.read_pixels(ref.path).shape
+            shape = render.read_slice(ref).shape
             plane = render.confidence_slice(volume, ref, position, (int(shape[0]), int(shape[1])))
         except render.RenderError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
