@@ -148,11 +148,9 @@ def status(
     ctx: typer.Context, limit: Annotated[int, typer.Option(help="How many recent studies to show.")] = 50
 ) -> None:
     """Show studies, their series and contrasts, jobs, exports and dead letters."""
-    from codebrain_node.db.session import make_engine, session_factory
     from codebrain_node.status import render
 
-    engine = make_engine(_state(ctx).settings.database_url)
-    with session_factory(engine)() as session:
+    with _sessions(_state(ctx).settings)() as session:
         typer.echo(render(session, limit))
 
 
@@ -180,11 +178,9 @@ def worklist_list(
     show_patient: Annotated[bool, typer.Option("--show-patient", help="Also print patient name and ID.")] = False,
 ) -> None:
     """Studies with their worklist status, acquired and synthesised contrasts, and age."""
-    from codebrain_node.db.session import make_engine, session_factory
     from codebrain_node.review.worklist import format_age, list_worklist
 
-    engine = make_engine(_state(ctx).settings.database_url)
-    with session_factory(engine)() as session:
+    with _sessions(_state(ctx).settings)() as session:
         rows = list_worklist(session, status, contrast, sort=sort, limit=limit)
     for row in rows:
         patient = f"  {row.patient_name} [{row.patient_id}]" if show_patient else ""
@@ -205,11 +201,9 @@ def worklist_show(
     show_patient: Annotated[bool, typer.Option("--show-patient", help="Also print patient name and ID.")] = False,
 ) -> None:
     """One study: series, jobs (model, inputs, timings), deliveries and the audit trail."""
-    from codebrain_node.db.session import make_engine, session_factory
     from codebrain_node.review.worklist import study_detail
 
-    engine = make_engine(_state(ctx).settings.database_url)
-    with session_factory(engine)() as session:
+    with _sessions(_state(ctx).settings)() as session:
         detail = study_detail(session, study)
         s = detail.study
         typer.echo(f"study {s.id}  {s.study_instance_uid}  {detail.status_label}")
