@@ -15,10 +15,11 @@ Association policy, checked on EVT_REQUESTED before negotiation:
 Speed: accepted sockets get TCP_NODELAY (pynetdicom leaves Nagle on, which holds back the small C-STORE-RSP
 until the peer's delayed ACK); the dataset is never decoded (the C-STORE primitive's bytes are written as sent,
 the header is read only up to group 0020, the File Meta is packed by hand); pynetdicom's per-PDU logging
-handlers are not bound; a larger maximum PDU means fewer PDUs per instance; an accepted association's network
-thread polls every 0.2 ms instead of pynetdicom's 1 ms (it sleeps only when idle, so the gain is latency on the
-usual one-association sender: 340 -> 423 instances/s, medians of 4 alternating runs; with 4 parallel
-associations the extra wake-ups cost 571 -> 518). ``bench ingest`` measures all of this.
+handlers are not bound; a larger maximum PDU means fewer PDUs per instance; the network thread of an association
+that is the only one open polls every 0.2 ms instead of pynetdicom's 1 ms (it sleeps only when idle, so the gain
+is latency for the usual lone sender: 340 -> 423 instances/s, medians of 4 alternating runs; with 4 parallel
+associations all polling fast, the extra wake-ups cost 571 -> 518, so they keep the default). ``bench ingest``
+measures all of this.
 """
 
 from __future__ import annotations
@@ -187,8 +188,10 @@ class Receiver:
         elif not self.spool.has_room():
             reason, rejection = "free disk below dicom.min_free_disk_mb", REJECT_LOW_DISK
         if reason is None:
-            # pynetdicom's documented latency/idle-CPU trade-off (DULServiceProvider._run_loop_delay)
-            event.assoc.dul._run_loop_delay = NETWORK_POLL_S
+            # pynetdicom's documented latency/idle-CPU trade-off (DULServiceProvider._run_loop_delay): worth it for
+            # a lone sender; with others open, their wake-ups would compete for the interpreter
+            if len(self.ae.active_associations) <= 1:
+                event.assoc.dul._run_loop_delay = NETWORK_POLL_S
             return
         with self._stats_lock:
             self.stats.rejected_associations += 1
