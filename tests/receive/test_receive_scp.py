@@ -11,6 +11,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
+    EnhancedMRImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -24,6 +25,7 @@ from sqlalchemy import func, select
 from codebrain_node.db.models import Instance, Series, Study
 from codebrain_node.receive.bench import STORESCU, make_mr_instance, write_mr_series
 from codebrain_node.receive.service import ReceiveService, start_receive_service
+from tests.imaging.enhanced_mr import to_enhanced_mr
 
 CALLER = "STORESCU"
 
@@ -191,3 +193,28 @@ def test_aborted_association_keeps_whole_instances_only_and_node_goes_on(service
     assert again.send_c_store(second).Status == 0x0000
     again.release()
     assert len(_spooled(service)) == 2
+
+
+@pytest.mark.skipif(not STORESCU.exists(), reason="DCMTK /usr/bin/storescu not installed")
+def test_storescu_enhanced_mr_stored_and_recorded(service: ReceiveService, tmp_path: Path) -> None:
+    """A multi-frame Enhanced MR instance, as newer scanners send a whole series, arrives whole and is recorded."""
+    slices = [make_mr_instance(generate_uid(), generate_uid(), index, rows=16, columns=16) for index in range(5)]
+    for dataset in slices:  # one series of one study
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = slices[0].StudyInstanceUID, slices[0].SeriesInstanceUID
+        dataset.FrameOfReferenceUID = slices[0].FrameOfReferenceUID
+        dataset.EchoTime, dataset.RepetitionTime, dataset.ScanningSequence = 10.0, 500.0, "SE"
+    enhanced = to_enhanced_mr(slices)
+    path = tmp_path / "enhanced.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+    command = [str(STORESCU), "-aet", CALLER, "-aec", "CODEBRAIN", "127.0.0.1", str(service.port), str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env={"TCP_NODELAY": "1"})
+    assert done.returncode == 0, done.stderr
+    (stored,) = _spooled(service)
+    received = dcmread(stored)
+    assert received.SOPClassUID == EnhancedMRImageStorage and int(received.NumberOfFrames) == 5
+    assert received.pixel_array.shape == (5, 16, 16)
+    assert service.recorder.flush(10)
+    with service.recorder.factory() as session:
+        instance = session.scalars(select(Instance)).one()
+        assert instance.sop_class_uid == EnhancedMRImageStorage
+        assert instance.sop_instance_uid == enhanced.SOPInstanceUID
