@@ -43,6 +43,7 @@ class SliceRef:
     normal: tuple[float, float, float] | None
     location: float
     frame: int | None = None  # 1-based frame of a multi-frame instance (Enhanced MR); None: a single-frame file
+    rescale: tuple[float, float] = (1.0, 0.0)  # the frame's slope and intercept (multi-frame only)
 
 
 @dataclass(frozen=True)
@@ -74,27 +75,38 @@ def _geometry_of(ds: pydicom.Dataset) -> tuple[tuple[float, float, float] | None
     return tuple(float(v) for v in position), tuple(float(v) for v in normal)  # type: ignore[return-value]
 
 
-def read_pixels(path: Path, frame: int | None = None) -> np.ndarray:
-    """One slice's modality values as float32 [H, W]: the file's image, or frame ``frame`` (1-based) of it."""
+def read_pixels(path: Path) -> np.ndarray:
+    """One slice's modality values as float32 [H, W] (a multi-frame file: its first frame)."""
     try:
         ds = pydicom.dcmread(path)
-        header = frame_headers(ds)[frame - 1] if frame is not None else ds
-        pixels = pixel_array(ds, index=frame - 1) if frame is not None else ds.pixel_array
+        pixels = ds.pixel_array
     except FileNotFoundError:
         raise RenderError(f"instance file {path.name} is missing") from None
     except Exception as exc:  # pydicom raises many kinds for unsupported transfer syntaxes
         raise RenderError(f"cannot decode {path.name}: {type(exc).__name__}") from None
     if pixels.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]  # a multi-frame instance asked for without a frame: its first
+        pixels = pixels[0]
     if pixels.ndim != 2:
         raise RenderError(f"{path.name}: only greyscale images are shown")
-    slope = float(header.get("RescaleSlope", 1) or 1)
-    intercept = float(header.get("RescaleIntercept", 0) or 0)
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
     return pixels.astype(np.float32) * slope + intercept
 
 
 def read_slice(ref: SliceRef) -> np.ndarray:
-    return read_pixels(ref.path, ref.frame)
+    """The modality values of one slice: a single-frame file, or one frame read alone from a multi-frame file."""
+    if ref.frame is None:
+        return read_pixels(ref.path)
+    try:
+        pixels = pixel_array(ref.path, index=ref.frame - 1)  # reads and decodes only that frame
+    except FileNotFoundError:
+        raise RenderError(f"instance file {ref.path.name} is missing") from None
+    except Exception as exc:
+        raise RenderError(f"cannot decode {ref.path.name}: {type(exc).__name__}") from None
+    if pixels.ndim != 2:
+        raise RenderError(f"{ref.path.name}: only greyscale images are shown")
+    slope, intercept = ref.rescale
+    return pixels.astype(np.float32) * slope + intercept
 
 
 def _auto_window(pixels: np.ndarray) -> tuple[float, float]:
@@ -122,7 +134,8 @@ def load_geometry(paths: list[Path]) -> SeriesGeometry:
             number = int(number) if number not in (None, "") else None
             location = float(np.dot(position, normal)) if position and normal else float(number or 0)
             frame = int(ds.ReferencedFrameNumber) if "ReferencedFrameNumber" in ds else None
-            refs.append(SliceRef(path, number, position, normal, location, frame))
+            rescale = (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
+            refs.append(SliceRef(path, number, position, normal, location, frame, rescale))
     refs.sort(key=lambda ref: (ref.location, ref.instance_number or 0, ref.frame or 0))
     middle = read_slice(refs[len(refs) // 2])
     level, width = _auto_window(middle)

@@ -100,3 +100,20 @@ def test_frames_in_two_orientations_are_refused(study: Path, tmp_path: Path) -> 
     dataset.save_as(path)
     with pytest.raises(ValueError, match="one orientation"):
         read_dicom_slices([path])
+
+
+def test_each_frame_is_read_in_its_own_rescale(study: Path, tmp_path: Path) -> None:
+    enhanced = to_enhanced_mr([pydicom.dcmread(path) for path in classic_files(study, "201_")])
+    for number, frame in enumerate(enhanced.PerFrameFunctionalGroupsSequence, start=1):
+        transform = pydicom.Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = number, -10 * number, "US"
+        frame.PixelValueTransformationSequence = [transform]
+    del enhanced.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence  # now a per-frame group
+    path = tmp_path / "rescaled.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+    stored = pydicom.dcmread(path).pixel_array
+    headers, image = read_dicom_slices([path])
+    volume = sitk.GetArrayFromImage(image)
+    for z, header in enumerate(headers):
+        number = int(header.ReferencedFrameNumber)
+        assert np.array_equal(volume[z], stored[number - 1].astype(np.float32) * number - 10 * number)

@@ -29,3 +29,21 @@ def test_multi_frame_series_renders_every_frame_in_slice_order(tmp_path: Path) -
         assert mine.location == theirs.location and theirs.frame is None
         assert np.array_equal(render.read_slice(mine), render.read_slice(theirs))
     assert (enhanced.default_level, enhanced.default_width) == (classic.default_level, classic.default_width)
+
+
+def test_each_frame_is_shown_in_its_own_rescale(tmp_path: Path) -> None:
+    case = make_phantom_case([Contrast.T2], seed=2, resolution_mm=8.0)
+    study = write_dicom_study(case.images, tmp_path / "study", seed=2)
+    classic_paths = sorted(next(study.iterdir()).glob("*.dcm"))
+    enhanced = to_enhanced_mr([pydicom.dcmread(p) for p in classic_paths])
+    for number, frame in enumerate(enhanced.PerFrameFunctionalGroupsSequence, start=1):
+        transform = pydicom.Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = number, -10 * number, "US"
+        frame.PixelValueTransformationSequence = [transform]
+    del enhanced.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence  # now a per-frame group
+    path = tmp_path / "enhanced.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+    stored = pydicom.dcmread(path).pixel_array
+    for ref in render.load_geometry([path]).slices:
+        expected = stored[ref.frame - 1].astype(np.float32) * ref.frame - 10 * ref.frame
+        assert np.array_equal(render.read_slice(ref), expected)
