@@ -117,10 +117,25 @@ def read_dicom_slices(paths: Sequence[Path]) -> tuple[list[Dataset], sitk.Image]
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
     if not any(is_multi_frame(header) for header in headers):
         order = sorted(range(len(paths)), key=lambda i: _sort_key(headers[i]))
+        _check_one_image_per_position([headers[i] for i in order])
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames([str(paths[i]) for i in order])
         return [headers[i] for i in order], reader.Execute()
     return _read_frames(paths)
+
+
+def _check_one_image_per_position(headers: Sequence[Dataset], tolerance_mm: float = 0.01) -> None:
+    """A volume needs one image per slice position; several (echoes of a multi-echo sequence, phases of a dynamic
+    one, a repeated acquisition) would be stacked as extra slices, so they are refused with the reason."""
+    positions = np.array([slice_position(header) for header in headers])
+    shared = int(np.count_nonzero(np.diff(positions) < tolerance_mm))
+    if shared:
+        echoes = {str(header.get("EchoTime", "")) for header in headers}
+        hint = f"{len(echoes)} echo times: a multi-echo series" if len(echoes) > 1 else "repeated or dynamic images"
+        raise ValueError(
+            f"{shared} of {len(headers)} images lie at the position of another ({hint}); "
+            "the engine needs one image per position"
+        )
 
 
 def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], sitk.Image]:
@@ -136,6 +151,7 @@ def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], sitk.Image]:
             slices.append((header, pixels))
     slices.sort(key=lambda item: _sort_key(item[0]))
     headers = [header for header, _ in slices]
+    _check_one_image_per_position(headers)
     first = headers[0]
     orientation = np.array([float(v) for v in first.ImageOrientationPatient])
     for header in headers[1:]:
@@ -148,8 +164,6 @@ def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], sitk.Image]:
     positions = [slice_position(header) for header in headers]
     steps = np.diff(positions)
     step = float(np.median(steps)) if len(steps) else float(first.get("SliceThickness") or 1.0)
-    if step <= 0:
-        raise ValueError("two frames of this series lie at the same position")
     volume = sitk.GetImageFromArray(np.stack([pixels for _, pixels in slices]))
     volume.SetSpacing((column_spacing, row_spacing, step))
     volume.SetOrigin(tuple(float(v) for v in first.ImagePositionPatient))

@@ -1,7 +1,7 @@
 """An Enhanced MR Image (PS3.3 A.36.2) made from a classic single-frame series, as newer scanners send them.
 
 highdicom converts the series to a Legacy Converted Enhanced MR image; the MR parameters it leaves in the
-"unassigned converted attributes" groups are then moved to the macros a scanner writes (MR Timing and Related
+"unassigned shared converted attributes" group are then moved to the macros a scanner writes (MR Timing and Related
 Parameters, MR Echo, MR Modifier, Echo Pulse Sequence), so readers are tested on what scanners really write.
 """
 
@@ -56,9 +56,6 @@ def to_enhanced_mr(datasets: Sequence[Dataset], *, shuffle_seed: int | None = 0)
             InversionTimes=[float(first.InversionTime)] if inversion else None,
         )
     ]
-    for frame in image.PerFrameFunctionalGroupsSequence:
-        if "UnassignedPerFrameConvertedAttributesSequence" in frame:
-            del frame.UnassignedPerFrameConvertedAttributesSequence
     image.EchoPulseSequence = "SPIN" if "SE" in scanning else "GRADIENT"
     image.SOPClassUID = EnhancedMRImageStorage
     image.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage

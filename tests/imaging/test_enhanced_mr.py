@@ -117,3 +117,26 @@ def test_each_frame_is_read_in_its_own_rescale(study: Path, tmp_path: Path) -> N
     for z, header in enumerate(headers):
         number = int(header.ReferencedFrameNumber)
         assert np.array_equal(volume[z], stored[number - 1].astype(np.float32) * number - 10 * number)
+
+
+@pytest.mark.parametrize("multi_frame", [False, True])
+def test_two_images_at_each_position_are_refused_not_stacked(study: Path, tmp_path: Path, multi_frame: bool) -> None:
+    """A dual-echo series (classic) or a repeated acquisition (Enhanced MR) would stack into a wrong volume."""
+    slices = [pydicom.dcmread(path) for path in classic_files(study, "201_")]
+    again = [pydicom.dcmread(path) for path in classic_files(study, "201_")]
+    for ds in again:
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        if not multi_frame:
+            ds.EchoTime = float(ds.EchoTime) * 3  # the second echo
+    if multi_frame:
+        paths = [tmp_path / "repeated.dcm"]
+        to_enhanced_mr(slices + again).save_as(paths[0], enforce_file_format=True)
+        hint = "repeated or dynamic"
+    else:
+        paths = []
+        for index, ds in enumerate(slices + again):
+            paths.append(tmp_path / f"{index}.dcm")
+            ds.save_as(paths[-1], enforce_file_format=True)
+        hint = "2 echo times: a multi-echo series"
+    with pytest.raises(ValueError, match=f"lie at the position of another \\({hint}"):
+        read_dicom_slices(paths)
