@@ -27,7 +27,7 @@ from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Instance, Job, Series, Study, StudyState, as_utc
 from codebrain_node.imaging.preprocess import PreparedStudy, prepare_study, restore
-from codebrain_node.imaging.series_io import read_dicom_slices
+from codebrain_node.imaging.series_io import UnusableSeriesError, read_dicom_slices
 from codebrain_node.route import jobs
 from codebrain_node.route.lifecycle import reopen_if_settled, transition
 from codebrain_node.weights import LoadedModel, load_model
@@ -65,7 +65,10 @@ def load_inputs(session: Session, job: Job) -> dict[Contrast, SeriesInput]:
     inputs: dict[Contrast, SeriesInput] = {}
     for name, series_uid in job.inputs.items():
         series = session.scalars(select(Series).where(Series.series_instance_uid == series_uid)).one()
-        headers, image = read_dicom_slices([Path(instance.path) for instance in series.instances])
+        try:
+            headers, image = read_dicom_slices([Path(instance.path) for instance in series.instances])
+        except UnusableSeriesError as error:
+            raise UnusableSeriesError(f"{name} series #{series.series_number}: {error}") from None
         inputs[Contrast(name)] = SeriesInput(Contrast(name), headers, image)
     return inputs
 
@@ -251,6 +254,10 @@ class Engine:
         beat.start()
         try:
             result = self._run(job.id)
+        except UnusableSeriesError as error:
+            log.warning("job %s failed: %s", job.id, error)
+            jobs.fail_job(self.factory, job.id, str(error), worker_id=self.name, permanent=True)
+            return True
         except Exception as error:  # any failure of one job must not stop the worker
             log.exception("job %s failed on attempt %s", job.id, job.attempts)
             jobs.fail_job(self.factory, job.id, f"{type(error).__name__}: {error}", worker_id=self.name)

@@ -31,6 +31,11 @@ _MULTI_FRAME_ONLY = ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroups
 _ECHO_PULSE_TO_SCANNING = {"SPIN": ["SE"], "GRADIENT": ["GR"], "BOTH": ["SE", "GR"]}
 
 
+class UnusableSeriesError(ValueError):
+    """The series cannot be one volume as it is (several stacks, several images per position, frames of different
+    sizes): the same files give the same answer, so trying again cannot help."""
+
+
 def is_volume_file(path: Path) -> bool:
     """Whether ``path`` names a single-file volume format SimpleITK reads directly."""
     return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
@@ -132,7 +137,7 @@ def _check_one_image_per_position(headers: Sequence[Dataset], tolerance_mm: floa
     if shared:
         echoes = {str(header.get("EchoTime", "")) for header in headers}
         hint = f"{len(echoes)} echo times: a multi-echo series" if len(echoes) > 1 else "repeated or dynamic images"
-        raise ValueError(
+        raise UnusableSeriesError(
             f"{shared} of {len(headers)} images lie at the position of another ({hint}); "
             "the engine needs one image per position"
         )
@@ -156,10 +161,10 @@ def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], sitk.Image]:
     orientation = np.array([float(v) for v in first.ImageOrientationPatient])
     for header in headers[1:]:
         if not np.allclose([float(v) for v in header.ImageOrientationPatient], orientation, atol=1e-3):
-            raise ValueError("the frames of this series do not share one orientation (several stacks?)")
+            raise UnusableSeriesError("the frames of this series do not share one orientation (several stacks?)")
     shapes = {pixels.shape for _, pixels in slices}
     if len(shapes) != 1:
-        raise ValueError(f"the frames of this series differ in size: {sorted(shapes)}")
+        raise UnusableSeriesError(f"the frames of this series differ in size: {sorted(shapes)}")
     row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
     positions = [slice_position(header) for header in headers]
     steps = np.diff(positions)

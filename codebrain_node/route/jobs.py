@@ -148,8 +148,11 @@ def finish_job(
     log.info("job %s done", job_id)
 
 
-def fail_job(factory: sessionmaker[Session], job_id: int, error: str, worker_id: str | None = None) -> JobStatus:
+def fail_job(
+    factory: sessionmaker[Session], job_id: int, error: str, worker_id: str | None = None, *, permanent: bool = False
+) -> JobStatus:
     """Record a failed attempt: back to QUEUED while attempts remain, else FAILED (study FAILED) with the reason.
+    ``permanent``: the inputs themselves are unusable, so FAILED at once (another attempt would read the same).
 
     Returns the job's new status. A job that is no longer running (lease lost) is left alone and its status
     returned, so a late failure report from a presumed-dead worker changes nothing.
@@ -161,7 +164,7 @@ def fail_job(factory: sessionmaker[Session], job_id: int, error: str, worker_id:
         if job.status != JobStatus.RUNNING or (worker_id is not None and job.worker != worker_id):
             log.warning("job %s: failure report ignored, the job is %s", job_id, job.status)
             return JobStatus(job.status)
-        return _record_failure(session, job, error, _actor(job.worker))
+        return _record_failure(session, job, error, _actor(job.worker), permanent=permanent)
 
 
 def requeue_expired_leases(
@@ -234,11 +237,11 @@ def requeue_orphaned_jobs(
     return taken
 
 
-def _record_failure(session: Session, job: Job, error: str, actor: str) -> JobStatus:
+def _record_failure(session: Session, job: Job, error: str, actor: str, *, permanent: bool = False) -> JobStatus:
     """The retry policy, shared by worker-reported failures and expired leases."""
     job.error = error[:MAX_ERROR_CHARS]
     study = job.study
-    if job.attempts < job.max_attempts:
+    if job.attempts < job.max_attempts and not permanent:
         job.status = JobStatus.QUEUED
         job.worker = None
         job.claimed_at = None
@@ -254,7 +257,9 @@ def _record_failure(session: Session, job: Job, error: str, actor: str) -> JobSt
             actor,
             job_id=job.id,
             attempts=job.attempts,
-            reason=f"failed after {job.attempts} attempts: {job.error}",
+            reason=f"inputs unusable: {job.error}"
+            if permanent
+            else f"failed after {job.attempts} attempts: {job.error}",
         )
     return JobStatus(job.status)
 

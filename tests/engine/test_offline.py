@@ -117,3 +117,26 @@ def test_enhanced_mr_inputs_give_one_synthetic_instance_per_frame(study: Path, c
             for uid, item in sources.items()
             if uid not in (str(t1.SOPInstanceUID), str(enhanced["301"].SOPInstanceUID))
         )
+
+
+def test_a_series_with_two_echoes_per_position_fails_the_study_with_the_reason(
+    study: Path, checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    folder = tmp_path / "in"
+    for series_dir in sorted(study.iterdir()):
+        (folder / series_dir.name).mkdir(parents=True)
+        for path in sorted(series_dir.glob("*.dcm")):
+            (folder / series_dir.name / path.name).write_bytes(path.read_bytes())
+            if series_dir.name.startswith("101_"):  # T1, the reference: a second echo at every position
+                echo = pydicom.dcmread(path)
+                echo.SOPInstanceUID = pydicom.uid.generate_uid()
+                echo.EchoTime = float(echo.EchoTime) * 4
+                echo.save_as(folder / series_dir.name / f"echo2-{path.name}", enforce_file_format=True)
+    settings = load_settings(environ={"CODEBRAIN_MODEL__WEIGHTS": str(checkpoint)})
+    with caplog.at_level("WARNING", logger="codebrain_node.engine"):
+        result = impute_folder(settings, folder, tmp_path / "out", synthesize=[Contrast.T1GD])
+    assert list(result.studies.values()) == ["failed"]
+    assert not list((tmp_path / "out").rglob("*.dcm"))
+    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 1  # not retried: the same files would fail the same way
+    assert "T1 series #101" in failures[0] and "2 echo times: a multi-echo series" in failures[0]

@@ -115,6 +115,17 @@ def test_fail_retries_then_fails_with_reason(factory) -> None:
     assert fail_job(factory, job_id, "late") is JobStatus.FAILED
 
 
+def test_unusable_inputs_fail_at_once(factory) -> None:
+    (job_id,) = queue_jobs(factory, 1, max_attempts=3)
+    claim_next_job(factory, "w1")
+    assert fail_job(factory, job_id, "T2 series #3: 2 echo times", permanent=True) is JobStatus.FAILED
+    job, study_state = job_and_study(factory, job_id)
+    assert (job.status, job.attempts, study_state) == (JobStatus.FAILED, 1, StudyState.FAILED)
+    with factory() as session:
+        failed = session.scalars(select(AuditEvent).where(AuditEvent.action == "state:failed")).one()
+    assert failed.details["reason"] == "inputs unusable: T2 series #3: 2 echo times"
+
+
 def test_expired_lease_is_requeued_as_a_failed_attempt(factory) -> None:
     alive, dead = queue_jobs(factory, 2, max_attempts=2)
     claim_next_job(factory, "alive")
