@@ -27,7 +27,7 @@ from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Instance, Job, Series, Study, StudyState, as_utc
 from codebrain_node.imaging.preprocess import PreparedStudy, prepare_study, restore
-from codebrain_node.imaging.series_io import UnusableSeriesError, read_dicom_slices
+from codebrain_node.imaging.series_io import UnusableSeriesError, read_dicom_series
 from codebrain_node.route import jobs
 from codebrain_node.route.lifecycle import reopen_if_settled, transition
 from codebrain_node.weights import LoadedModel, load_model
@@ -48,6 +48,7 @@ class SeriesInput:
     contrast: Contrast
     datasets: list[pydicom.Dataset]
     image: sitk.Image
+    slice_index: list[int]  # the volume slice each dataset lies on (imaging.series_io.DicomSeries)
 
 
 @dataclass
@@ -66,10 +67,15 @@ def load_inputs(session: Session, job: Job) -> dict[Contrast, SeriesInput]:
     for name, series_uid in job.inputs.items():
         series = session.scalars(select(Series).where(Series.series_instance_uid == series_uid)).one()
         try:
-            headers, image = read_dicom_slices([Path(instance.path) for instance in series.instances])
+            loaded = read_dicom_series([Path(instance.path) for instance in series.instances])
         except UnusableSeriesError as error:
             raise UnusableSeriesError(f"{name} series #{series.series_number}: {error}") from None
-        inputs[Contrast(name)] = SeriesInput(Contrast(name), headers, image)
+        if len(loaded.headers) != loaded.image.GetDepth():
+            missing = loaded.image.GetDepth() - len(loaded.headers)
+            log.warning(
+                "job %s: %s series #%s lacks %d slice(s); interpolated", job.id, name, series.series_number, missing
+            )
+        inputs[Contrast(name)] = SeriesInput(Contrast(name), loaded.headers, loaded.image, loaded.slice_index)
     return inputs
 
 
@@ -132,13 +138,15 @@ def impute_study(
     clock = time.perf_counter()
     order = [Contrast(name) for name in model.contrasts]
     reference_datasets = inputs[reference].datasets
+    on_reference = inputs[reference].slice_index
     sources = {contrast: inputs[contrast].datasets for contrast in available}
     for number, target in enumerate(targets, start=1):
         restored = restore(prepared, output[order.index(target)])
-        pixels = sitk.GetArrayFromImage(restored).astype(np.float32)
+        # only the slices of acquired reference images are written (not those interpolated into a gap)
+        pixels = sitk.GetArrayFromImage(restored).astype(np.float32)[on_reference]
         restored_confidence = None
         if confidence is not None:
-            restored_confidence = restore_map(prepared, confidence)
+            restored_confidence = restore_map(prepared, confidence)[on_reference]
         result.written[target] = write_synthetic_series(
             reference=reference_datasets,
             pixels=pixels,

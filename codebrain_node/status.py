@@ -44,7 +44,7 @@ def collect(session: Session, limit: int = 50) -> list[StudyLine]:
         job = max(study.jobs, key=lambda j: j.id, default=None)
         job_text = f"#{job.id} {job.status} ({job.attempts}/{job.max_attempts})" if job else "-"
         if job and job.error:
-            job_text += f": {job.error[:60]}"
+            job_text += f": {job.error[:100]}"
         export_counts = Counter(str(e.status) for s in synthetic for e in s.exports)
         lines.append(
             StudyLine(

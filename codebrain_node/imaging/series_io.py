@@ -12,6 +12,7 @@ pixel data of those frames is decoded by highdicom, which applies each frame's P
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -107,26 +108,77 @@ def _sort_key(header: Dataset) -> tuple[float, int, int]:
     )
 
 
-def sort_dicom_files(paths: Sequence[Path]) -> list[Path]:
-    """Order the (single-frame) files of one series by slice position along the normal of their orientation."""
-    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
-    order = sorted(range(len(paths)), key=lambda i: _sort_key(headers[i]))
-    return [Path(paths[i]) for i in order]
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series as slice headers sorted along the normal (no pixel data) and its volume on a regular grid.
+
+    ``slice_index[i]`` is the volume slice that header ``i`` lies on. It is ``0 … n-1`` unless slices are missing
+    (an instance that never arrived): the grid then keeps its regular spacing and the missing slices are
+    interpolated from their neighbours, so every other series is resampled at the right place; only the slices
+    of real headers are ever written back.
+    """
+
+    headers: list[Dataset]
+    image: sitk.Image
+    slice_index: list[int]
 
 
-def read_dicom_slices(paths: Sequence[Path]) -> tuple[list[Dataset], sitk.Image]:
-    """The files of ONE series (any order, single- or multi-frame) as slice headers sorted along the normal and
-    the 3-D image whose slice ``z`` is header ``z``. Headers carry no pixel data."""
+def read_dicom_series(paths: Sequence[Path]) -> DicomSeries:
+    """The files of ONE series, any order, single-frame (pixels by SimpleITK/GDCM) or multi-frame (highdicom)."""
     if not paths:
         raise ValueError("no DICOM files given")
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
-    if not any(is_multi_frame(header) for header in headers):
-        order = sorted(range(len(paths)), key=lambda i: _sort_key(headers[i]))
-        _check_one_image_per_position([headers[i] for i in order])
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames([str(paths[i]) for i in order])
-        return [headers[i] for i in order], reader.Execute()
-    return _read_frames(paths)
+    if any(is_multi_frame(header) for header in headers):
+        headers, planes = _read_frames(paths)
+        return _on_regular_grid(headers, np.stack(planes))
+    order = sorted(range(len(paths)), key=lambda i: _sort_key(headers[i]))
+    headers = [headers[i] for i in order]
+    _check_one_image_per_position(headers)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(paths[i]) for i in order])
+    image = reader.Execute()
+    if _regular(headers):
+        return DicomSeries(headers, image, list(range(len(headers))))
+    return _on_regular_grid(headers, sitk.GetArrayFromImage(image))
+
+
+def _regular(headers: Sequence[Dataset], tolerance: float = 0.1) -> bool:
+    steps = np.diff([slice_position(header) for header in headers])
+    return len(steps) == 0 or bool(np.all(np.abs(steps - np.median(steps)) <= tolerance * np.median(steps)))
+
+
+def _on_regular_grid(headers: list[Dataset], planes: np.ndarray, tolerance: float = 0.1) -> DicomSeries:
+    """Place the sorted planes [n, rows, cols] on a grid of the median slice step, filling missing slices."""
+    first = headers[0]
+    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
+    for header in headers[1:]:
+        if not np.allclose([float(v) for v in header.ImageOrientationPatient], orientation, atol=1e-3):
+            raise UnusableSeriesError("several stacks: the images lie in more than one orientation")
+    positions = np.array([slice_position(header) for header in headers])
+    steps = np.diff(positions)
+    step = float(np.median(steps)) if len(steps) else float(first.get("SliceThickness") or 1.0)
+    index = np.rint((positions - positions[0]) / step).astype(int)
+    off_grid = np.abs(positions - positions[0] - index * step) > tolerance * step
+    if np.any(off_grid):
+        raise UnusableSeriesError(
+            f"irregular slice spacing: {int(off_grid.sum())} of {len(headers)} slices off the {step:.2f} mm grid"
+        )
+    depth = int(index[-1]) + 1
+    if depth > 2 * len(headers):
+        raise UnusableSeriesError(f"too many slices missing: {len(headers)} of {depth} positions hold an image")
+    volume = np.empty((depth, *planes.shape[1:]), dtype=planes.dtype)
+    volume[index] = planes
+    for missing in sorted(set(range(depth)) - set(index.tolist())):
+        below, above = index[index < missing].max(), index[index > missing].min()
+        weight = (missing - below) / (above - below)
+        volume[missing] = (1 - weight) * volume[below] + weight * volume[above]
+    image = sitk.GetImageFromArray(volume)
+    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+    image.SetSpacing((column_spacing, row_spacing, step))
+    image.SetOrigin(tuple(float(v) for v in first.ImagePositionPatient))
+    normal = np.cross(orientation[:3], orientation[3:])
+    image.SetDirection(tuple(np.column_stack([orientation[:3], orientation[3:], normal]).ravel()))
+    return DicomSeries(headers, image, index.tolist())
 
 
 def _check_one_image_per_position(headers: Sequence[Dataset], tolerance_mm: float = 0.01) -> None:
@@ -136,15 +188,12 @@ def _check_one_image_per_position(headers: Sequence[Dataset], tolerance_mm: floa
     shared = int(np.count_nonzero(np.diff(positions) < tolerance_mm))
     if shared:
         echoes = {str(header.get("EchoTime", "")) for header in headers}
-        hint = f"{len(echoes)} echo times: a multi-echo series" if len(echoes) > 1 else "repeated or dynamic images"
-        raise UnusableSeriesError(
-            f"{shared} of {len(headers)} images lie at the position of another ({hint}); "
-            "the engine needs one image per position"
-        )
+        kind = f"multi-echo series ({len(echoes)} echo times)" if len(echoes) > 1 else "repeated or dynamic images"
+        raise UnusableSeriesError(f"{kind}: {shared} of {len(headers)} images share a slice position with another")
 
 
-def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], sitk.Image]:
-    """Multi-frame (and any single-frame files beside them) via highdicom: frames sorted, stacked, placed."""
+def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], list[np.ndarray]]:
+    """Multi-frame files (and any single-frame ones beside them) via highdicom: headers and planes, sorted."""
     slices: list[tuple[Dataset, np.ndarray]] = []
     for path in paths:
         image = hd.Image.from_dataset(pydicom.dcmread(path), copy=False)
@@ -157,29 +206,15 @@ def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], sitk.Image]:
     slices.sort(key=lambda item: _sort_key(item[0]))
     headers = [header for header, _ in slices]
     _check_one_image_per_position(headers)
-    first = headers[0]
-    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
-    for header in headers[1:]:
-        if not np.allclose([float(v) for v in header.ImageOrientationPatient], orientation, atol=1e-3):
-            raise UnusableSeriesError("the frames of this series do not share one orientation (several stacks?)")
     shapes = {pixels.shape for _, pixels in slices}
     if len(shapes) != 1:
-        raise UnusableSeriesError(f"the frames of this series differ in size: {sorted(shapes)}")
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
-    positions = [slice_position(header) for header in headers]
-    steps = np.diff(positions)
-    step = float(np.median(steps)) if len(steps) else float(first.get("SliceThickness") or 1.0)
-    volume = sitk.GetImageFromArray(np.stack([pixels for _, pixels in slices]))
-    volume.SetSpacing((column_spacing, row_spacing, step))
-    volume.SetOrigin(tuple(float(v) for v in first.ImagePositionPatient))
-    normal = np.cross(orientation[:3], orientation[3:])
-    volume.SetDirection(tuple(np.column_stack([orientation[:3], orientation[3:], normal]).ravel()))
-    return headers, volume
+        raise UnusableSeriesError(f"frames of different sizes: {sorted(shapes)}")
+    return headers, [pixels for _, pixels in slices]
 
 
 def read_dicom_files(paths: Sequence[Path]) -> sitk.Image:
     """Read the files of ONE series (any order) into a 3-D image with its patient geometry."""
-    return read_dicom_slices(paths)[1]
+    return read_dicom_series(paths).image
 
 
 def read_dicom_folder(folder: Path, series_uid: str | None = None) -> sitk.Image:

@@ -10,6 +10,8 @@ import pytest
 
 from codebrain_node.config import load_settings
 from codebrain_node.contrasts import Contrast
+from codebrain_node.imaging.preprocess import prepare_study
+from codebrain_node.imaging.series_io import read_dicom_series
 from codebrain_node.model import CodeBrain, ModelConfig, save_inference_checkpoint
 from codebrain_node.offline import impute_folder
 from codebrain_node.phantom.case import make_phantom_case
@@ -139,4 +141,34 @@ def test_a_series_with_two_echoes_per_position_fails_the_study_with_the_reason(
     assert not list((tmp_path / "out").rglob("*.dcm"))
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 1  # not retried: the same files would fail the same way
-    assert "T1 series #101" in failures[0] and "2 echo times: a multi-echo series" in failures[0]
+    assert "T1 series #101" in failures[0] and "multi-echo series (2 echo times)" in failures[0]
+
+
+def test_a_reference_with_a_missing_slice_gets_a_synthetic_slice_on_each_acquired_one(
+    study: Path, checkpoint: Path, tmp_path: Path
+):
+    """One T1 instance never arrived: the synthetic series has a slice on each acquired T1 slice, and the other
+    series are sampled where the T1 slices really lie (as for the complete study), not on a stretched grid."""
+    t1, t2 = (
+        sorted(
+            next(study.glob(f"{prefix}*")).glob("*.dcm"),
+            key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]),
+        )
+        for prefix in ("101_", "201_")
+    )
+    kept = t1[:12] + t1[13:]
+    folder = tmp_path / "in"
+    for path in [*kept, *t2]:
+        (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / path.parent.name / path.name).write_bytes(path.read_bytes())
+    settings = load_settings(environ={"CODEBRAIN_MODEL__WEIGHTS": str(checkpoint)})
+    impute_folder(settings, folder, tmp_path / "out", synthesize=[Contrast.T1GD])
+    written = sorted(float(pydicom.dcmread(p).ImagePositionPatient[2]) for p in (tmp_path / "out").rglob("*.dcm"))
+    assert written == pytest.approx([float(pydicom.dcmread(p).ImagePositionPatient[2]) for p in kept])
+
+    def t2_on_t1_grid(t1_files: list[Path]) -> np.ndarray:
+        volumes = {Contrast.T1: read_dicom_series(t1_files).image, Contrast.T2: read_dicom_series(t2).image}
+        prepared = prepare_study(volumes, Contrast.T1, size=64)
+        return prepared.arrays[prepared.contrasts.index(Contrast.T2)]
+
+    np.testing.assert_allclose(t2_on_t1_grid(kept), t2_on_t1_grid(t1), atol=0.01)

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from codebrain_node.contrasts import Contrast
-from codebrain_node.imaging.series_io import frame_headers, read_dicom_slices
+from codebrain_node.imaging.series_io import frame_headers, read_dicom_series
 from codebrain_node.phantom.case import make_phantom_case
 from codebrain_node.phantom.dicom_study import write_dicom_study
 from codebrain_node.route.classify import classify_paths, load_rules
@@ -34,10 +34,12 @@ def enhanced_file(study: Path, prefix: str, out: Path) -> Path:
     return path
 
 
-def test_enhanced_series_reads_voxel_for_voxel_like_the_classic_one(study: Path, tmp_path: Path) -> None:
-    classic_headers, classic = read_dicom_slices(classic_files(study, "101_"))
+def test_enhanced_loadeds_voxel_for_voxel_like_the_classic_one(study: Path, tmp_path: Path) -> None:
+    classic_series = read_dicom_series(classic_files(study, "101_"))
+    classic_headers, classic = classic_series.headers, classic_series.image
     path = enhanced_file(study, "101_", tmp_path)  # frames stored in shuffled order
-    headers, image = read_dicom_slices([path])
+    loaded = read_dicom_series([path])
+    headers, image = loaded.headers, loaded.image
     assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(classic).astype(np.float32))
     assert np.allclose(image.GetOrigin(), classic.GetOrigin())
     assert np.allclose(image.GetSpacing(), classic.GetSpacing())
@@ -98,8 +100,8 @@ def test_frames_in_two_orientations_are_refused(study: Path, tmp_path: Path) -> 
     ]
     path = tmp_path / "mixed.dcm"
     dataset.save_as(path)
-    with pytest.raises(ValueError, match="one orientation"):
-        read_dicom_slices([path])
+    with pytest.raises(ValueError, match="several stacks"):
+        read_dicom_series([path])
 
 
 def test_each_frame_is_read_in_its_own_rescale(study: Path, tmp_path: Path) -> None:
@@ -112,7 +114,8 @@ def test_each_frame_is_read_in_its_own_rescale(study: Path, tmp_path: Path) -> N
     path = tmp_path / "rescaled.dcm"
     enhanced.save_as(path, enforce_file_format=True)
     stored = pydicom.dcmread(path).pixel_array
-    headers, image = read_dicom_slices([path])
+    loaded = read_dicom_series([path])
+    headers, image = loaded.headers, loaded.image
     volume = sitk.GetArrayFromImage(image)
     for z, header in enumerate(headers):
         number = int(header.ReferencedFrameNumber)
@@ -131,12 +134,12 @@ def test_two_images_at_each_position_are_refused_not_stacked(study: Path, tmp_pa
     if multi_frame:
         paths = [tmp_path / "repeated.dcm"]
         to_enhanced_mr(slices + again).save_as(paths[0], enforce_file_format=True)
-        hint = "repeated or dynamic"
+        kind = "repeated or dynamic images"
     else:
         paths = []
         for index, ds in enumerate(slices + again):
             paths.append(tmp_path / f"{index}.dcm")
             ds.save_as(paths[-1], enforce_file_format=True)
-        hint = "2 echo times: a multi-echo series"
-    with pytest.raises(ValueError, match=f"lie at the position of another \\({hint}"):
-        read_dicom_slices(paths)
+        kind = "multi-echo series \\(2 echo times\\)"
+    with pytest.raises(ValueError, match=f"{kind}: .* share a slice position"):
+        read_dicom_series(paths)
