@@ -133,7 +133,7 @@ def read_dicom_series(paths: Sequence[Path]) -> DicomSeries:
         return _on_regular_grid(headers, np.stack(planes))
     order = sorted(range(len(paths)), key=lambda i: _sort_key(headers[i]))
     headers = [headers[i] for i in order]
-    _check_one_image_per_position(headers)
+    _check_one_stack(headers)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(paths[i]) for i in order])
     image = reader.Execute()
@@ -151,9 +151,6 @@ def _on_regular_grid(headers: list[Dataset], planes: np.ndarray, tolerance: floa
     """Place the sorted planes [n, rows, cols] on a grid of the median slice step, filling missing slices."""
     first = headers[0]
     orientation = np.array([float(v) for v in first.ImageOrientationPatient])
-    for header in headers[1:]:
-        if not np.allclose([float(v) for v in header.ImageOrientationPatient], orientation, atol=1e-3):
-            raise UnusableSeriesError("several stacks: the images lie in more than one orientation")
     positions = np.array([slice_position(header) for header in headers])
     steps = np.diff(positions)
     step = float(np.median(steps)) if len(steps) else float(first.get("SliceThickness") or 1.0)
@@ -181,9 +178,14 @@ def _on_regular_grid(headers: list[Dataset], planes: np.ndarray, tolerance: floa
     return DicomSeries(headers, image, index.tolist())
 
 
-def _check_one_image_per_position(headers: Sequence[Dataset], tolerance_mm: float = 0.01) -> None:
-    """A volume needs one image per slice position; several (echoes of a multi-echo sequence, phases of a dynamic
-    one, a repeated acquisition) would be stacked as extra slices, so they are refused with the reason."""
+def _check_one_stack(headers: Sequence[Dataset], tolerance_mm: float = 0.01) -> None:
+    """A volume is one stack: one orientation, one image per slice position. Several orientations, or several
+    images at one position (echoes of a multi-echo sequence, phases of a dynamic one, a repeated acquisition),
+    would be stacked as extra slices in the wrong places, so they are refused with the reason."""
+    orientation = np.array([float(v) for v in headers[0].ImageOrientationPatient])
+    for header in headers[1:]:
+        if not np.allclose([float(v) for v in header.ImageOrientationPatient], orientation, atol=1e-3):
+            raise UnusableSeriesError("several stacks: the images lie in more than one orientation")
     positions = np.array([slice_position(header) for header in headers])
     shared = int(np.count_nonzero(np.diff(positions) < tolerance_mm))
     if shared:
@@ -205,7 +207,7 @@ def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], list[np.ndarray]
             slices.append((header, pixels))
     slices.sort(key=lambda item: _sort_key(item[0]))
     headers = [header for header, _ in slices]
-    _check_one_image_per_position(headers)
+    _check_one_stack(headers)
     shapes = {pixels.shape for _, pixels in slices}
     if len(shapes) != 1:
         raise UnusableSeriesError(f"frames of different sizes: {sorted(shapes)}")

@@ -83,3 +83,15 @@ def test_slices_off_a_regular_spacing_are_refused(series: list[Path], tmp_path: 
         ds.save_as(paths[-1])
     with pytest.raises(UnusableSeriesError, match="irregular slice spacing"):
         read_dicom_series(paths)
+
+
+def test_a_classic_series_in_two_orientations_is_refused(series: list[Path], tmp_path: Path) -> None:
+    paths = []
+    for index, path in enumerate(series):
+        ds = pydicom.dcmread(path)
+        if index == 3:  # one image reformatted into another plane, filed in the same series
+            ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        paths.append(tmp_path / f"{index}.dcm")
+        ds.save_as(paths[-1])
+    with pytest.raises(UnusableSeriesError, match="several stacks"):
+        read_dicom_series(paths)
