@@ -1,7 +1,10 @@
 """Read one series, NIfTI/NRRD/MHA file or DICOM (a folder or a list of files), into a SimpleITK image.
 
 DICOM slices are ordered by their position along the slice normal (ImagePositionPatient · normal), not by file name
-or InstanceNumber, because PACS and modality numbering cannot be trusted; rescale slope/intercept are applied.
+or InstanceNumber, because PACS and modality numbering cannot be trusted; rescale slope/intercept are applied. The
+volume is always one stack on a regular grid: a missing slice is interpolated (see :class:`DicomSeries`), and a
+series that is not one stack (two orientations, two images at one position, slices off a regular spacing) raises
+:class:`UnusableSeriesError` with the reason rather than becoming a volume with the wrong geometry.
 
 Multi-frame images (Enhanced MR, PS3.3 A.36.2, and its legacy-converted form, A.36.5) keep each frame's geometry
 and MR parameters in functional group macros (C.7.6.16). :func:`frame_headers` flattens them into one classic-looking
