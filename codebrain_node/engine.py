@@ -29,7 +29,7 @@ from codebrain_node.db.models import Instance, Job, Series, Study, StudyState, a
 from codebrain_node.imaging.preprocess import PreparedStudy, prepare_study, restore
 from codebrain_node.imaging.series_io import UnusableSeriesError, read_dicom_series
 from codebrain_node.route import jobs
-from codebrain_node.route.lifecycle import reopen_if_settled, transition
+from codebrain_node.route.lifecycle import audit, reopen_if_settled, transition
 from codebrain_node.weights import LoadedModel, load_model
 from codebrain_node.write.synthetic_series import write_synthetic_series
 
@@ -61,22 +61,30 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
 
 
-def load_inputs(session: Session, job: Job) -> dict[Contrast, SeriesInput]:
-    """Read every input series of ``job`` from the spool."""
+def load_inputs(session: Session, job: Job) -> tuple[dict[Contrast, SeriesInput], list[str]]:
+    """Read every input series of ``job`` from the spool: the usable ones, and why the others were left out.
+
+    A series that cannot be one volume (:class:`UnusableSeriesError`) is left out and the job goes on with the
+    rest, as a radiologist would rather have a result from the good series; with none left the job fails.
+    """
     inputs: dict[Contrast, SeriesInput] = {}
+    skipped: list[str] = []
     for name, series_uid in job.inputs.items():
         series = session.scalars(select(Series).where(Series.series_instance_uid == series_uid)).one()
         try:
             loaded = read_dicom_series([Path(instance.path) for instance in series.instances])
         except UnusableSeriesError as error:
-            raise UnusableSeriesError(f"{name} series #{series.series_number}: {error}") from None
+            skipped.append(f"{name} series #{series.series_number}: {error}")
+            continue
         if len(loaded.headers) != loaded.image.GetDepth():
             missing = loaded.image.GetDepth() - len(loaded.headers)
             log.warning(
                 "job %s: %s series #%s lacks %d slice(s); interpolated", job.id, name, series.series_number, missing
             )
         inputs[Contrast(name)] = SeriesInput(Contrast(name), loaded.headers, loaded.image, loaded.slice_index)
-    return inputs
+    if not inputs:
+        raise UnusableSeriesError("; ".join(skipped))
+    return inputs, skipped
 
 
 def choose_reference(available: Sequence[Contrast]) -> Contrast:
@@ -307,8 +315,12 @@ class Engine:
             job = session.get(Job, job_id)
             study_uid = job.study.study_instance_uid
             clock = time.perf_counter()
-            inputs = load_inputs(session, job)
+            inputs, skipped = load_inputs(session, job)
             targets = [Contrast(name) for name in job.targets]
+            for reason in skipped:
+                log.warning("job %s: input left out: %s", job.id, reason)
+                audit(session, f"engine:{self.name}", "input_skipped", job.study, job_id=job.id, reason=reason)
+            session.commit()
         load_s = time.perf_counter() - clock
         out_dir = self.settings.paths.data_dir / "synthetic" / study_uid
         result = impute_study(

@@ -121,27 +121,52 @@ def test_enhanced_mr_inputs_give_one_synthetic_instance_per_frame(study: Path, c
         )
 
 
-def test_a_series_with_two_echoes_per_position_fails_the_study_with_the_reason(
-    study: Path, checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-):
-    folder = tmp_path / "in"
+def _with_dual_echo_t1(study: Path, folder: Path, keep: tuple[str, ...] = ("101_", "201_", "301_")) -> None:
+    """Copy ``study`` with the T1 series turned into a dual-echo one (a second echo at every position)."""
     for series_dir in sorted(study.iterdir()):
+        if not series_dir.name.startswith(keep):
+            continue
         (folder / series_dir.name).mkdir(parents=True)
         for path in sorted(series_dir.glob("*.dcm")):
             (folder / series_dir.name / path.name).write_bytes(path.read_bytes())
-            if series_dir.name.startswith("101_"):  # T1, the reference: a second echo at every position
+            if series_dir.name.startswith("101_"):
                 echo = pydicom.dcmread(path)
                 echo.SOPInstanceUID = pydicom.uid.generate_uid()
                 echo.EchoTime = float(echo.EchoTime) * 4
                 echo.save_as(folder / series_dir.name / f"echo2-{path.name}", enforce_file_format=True)
+
+
+def test_an_unusable_input_is_left_out_and_the_rest_still_used(
+    study: Path, checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    _with_dual_echo_t1(study, tmp_path / "in")
     settings = load_settings(environ={"CODEBRAIN_MODEL__WEIGHTS": str(checkpoint)})
     with caplog.at_level("WARNING", logger="codebrain_node.engine"):
-        result = impute_folder(settings, folder, tmp_path / "out", synthesize=[Contrast.T1GD])
+        result = impute_folder(settings, tmp_path / "in", tmp_path / "out", synthesize=[Contrast.T1GD])
+    assert list(result.studies.values()) == ["exported"] and list(result.written.values()) == [["T1Gd"]]
+    skipped = [r.getMessage() for r in caplog.records if "input left out" in r.getMessage()]
+    assert len(skipped) == 1 and "T1 series #101: multi-echo series (2 echo times)" in skipped[0]
+    written = pydicom.dcmread(next((tmp_path / "out").rglob("*.dcm")))
+    assert "T1 series" not in written.DerivationDescription and "T2 series" in written.DerivationDescription
+    t2 = [pydicom.dcmread(p) for p in next(study.glob("201_*")).glob("*.dcm")]  # the reference now
+    synthetic = [pydicom.dcmread(p) for p in (tmp_path / "out").rglob("*.dcm")]
+    assert sorted(float(ds.ImagePositionPatient[2]) for ds in synthetic) == pytest.approx(
+        sorted(float(ds.ImagePositionPatient[2]) for ds in t2)
+    )
+
+
+def test_a_study_with_no_usable_input_fails_at_once_with_the_reason(
+    study: Path, checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    _with_dual_echo_t1(study, tmp_path / "in", keep=("101_",))
+    settings = load_settings(environ={"CODEBRAIN_MODEL__WEIGHTS": str(checkpoint)})
+    with caplog.at_level("WARNING", logger="codebrain_node.engine"):
+        result = impute_folder(settings, tmp_path / "in", tmp_path / "out", synthesize=[Contrast.T1GD])
     assert list(result.studies.values()) == ["failed"]
     assert not list((tmp_path / "out").rglob("*.dcm"))
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 1  # not retried: the same files would fail the same way
-    assert "T1 series #101" in failures[0] and "multi-echo series (2 echo times)" in failures[0]
+    assert "T1 series #101: multi-echo series (2 echo times)" in failures[0]
 
 
 def test_a_reference_with_a_missing_slice_gets_a_synthetic_slice_on_each_acquired_one(
