@@ -189,6 +189,9 @@ def _check_one_stack(headers: Sequence[Dataset], tolerance_mm: float = 0.01) -> 
     for header in headers[1:]:
         if not np.allclose([float(v) for v in header.ImageOrientationPatient], orientation, atol=1e-3):
             raise UnusableSeriesError("several stacks: the images lie in more than one orientation")
+    sizes = {(int(header.Rows), int(header.Columns)) for header in headers}
+    if len(sizes) > 1:
+        raise UnusableSeriesError(f"images of different sizes: {sorted(sizes)}")
     positions = np.array([slice_position(header) for header in headers])
     shared = int(np.count_nonzero(np.diff(positions) < tolerance_mm))
     if shared:
@@ -211,9 +214,6 @@ def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], list[np.ndarray]
     slices.sort(key=lambda item: _sort_key(item[0]))
     headers = [header for header, _ in slices]
     _check_one_stack(headers)
-    shapes = {pixels.shape for _, pixels in slices}
-    if len(shapes) != 1:
-        raise UnusableSeriesError(f"frames of different sizes: {sorted(shapes)}")
     return headers, [pixels for _, pixels in slices]
 
 

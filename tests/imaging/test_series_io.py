@@ -95,3 +95,16 @@ def test_a_classic_series_in_two_orientations_is_refused(series: list[Path], tmp
         ds.save_as(paths[-1])
     with pytest.raises(UnusableSeriesError, match="several stacks"):
         read_dicom_series(paths)
+
+
+def test_a_classic_series_with_images_of_two_sizes_is_refused(series: list[Path], tmp_path: Path) -> None:
+    paths = []
+    for index, path in enumerate(series):
+        ds = pydicom.dcmread(path)
+        if index == 5:  # one image at another matrix
+            ds.PixelData = ds.pixel_array[::2, ::2].copy().tobytes()
+            ds.Rows, ds.Columns = ds.Rows // 2, ds.Columns // 2
+        paths.append(tmp_path / f"{index}.dcm")
+        ds.save_as(paths[-1])
+    with pytest.raises(UnusableSeriesError, match="images of different sizes"):
+        read_dicom_series(paths)
