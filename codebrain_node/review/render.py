@@ -43,7 +43,7 @@ class SliceRef:
     normal: tuple[float, float, float] | None
     location: float
     frame: int | None = None  # 1-based frame of a multi-frame instance (Enhanced MR); None: a single-frame file
-    rescale: tuple[float, float] = (1.0, 0.0)  # the frame's slope and intercept (multi-frame only)
+    rescale: tuple[float, float] = (1.0, 0.0)  # the slice's (frame's) Rescale Slope and Intercept
 
 
 @dataclass(frozen=True)
@@ -75,33 +75,14 @@ def _geometry_of(ds: pydicom.Dataset) -> tuple[tuple[float, float, float] | None
     return tuple(float(v) for v in position), tuple(float(v) for v in normal)  # type: ignore[return-value]
 
 
-def read_pixels(path: Path) -> np.ndarray:
-    """One slice's modality values as float32 [H, W] (a multi-frame file: its first frame)."""
-    try:
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except FileNotFoundError:
-        raise RenderError(f"instance file {path.name} is missing") from None
-    except Exception as exc:  # pydicom raises many kinds for unsupported transfer syntaxes
-        raise RenderError(f"cannot decode {path.name}: {type(exc).__name__}") from None
-    if pixels.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]
-    if pixels.ndim != 2:
-        raise RenderError(f"{path.name}: only greyscale images are shown")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return pixels.astype(np.float32) * slope + intercept
-
-
 def read_slice(ref: SliceRef) -> np.ndarray:
-    """The modality values of one slice: a single-frame file, or one frame read alone from a multi-frame file."""
-    if ref.frame is None:
-        return read_pixels(ref.path)
+    """One slice's modality values as float32 [H, W]: a single-frame file, or one frame of a multi-frame file read
+    alone; the rescale comes from the header read for the geometry."""
     try:
-        pixels = pixel_array(ref.path, index=ref.frame - 1)  # reads and decodes only that frame
+        pixels = pixel_array(ref.path, index=(ref.frame or 1) - 1)  # reads and decodes only that frame
     except FileNotFoundError:
         raise RenderError(f"instance file {ref.path.name} is missing") from None
-    except Exception as exc:
+    except Exception as exc:  # pydicom raises many kinds for unsupported transfer syntaxes
         raise RenderError(f"cannot decode {ref.path.name}: {type(exc).__name__}") from None
     if pixels.ndim != 2:
         raise RenderError(f"{ref.path.name}: only greyscale images are shown")
