@@ -60,3 +60,12 @@ def to_enhanced_mr(datasets: Sequence[Dataset], *, shuffle_seed: int | None = 0)
     image.SOPClassUID = EnhancedMRImageStorage
     image.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
     return image
+
+
+def rescale_each_frame(image: Dataset) -> None:
+    """Give frame ``n`` its own Pixel Value Transformation (slope n, intercept -10 n), a per-frame group now."""
+    for number, frame in enumerate(image.PerFrameFunctionalGroupsSequence, start=1):
+        frame.PixelValueTransformationSequence = [
+            _item(RescaleSlope=number, RescaleIntercept=-10 * number, RescaleType="US")
+        ]
+    del image.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence

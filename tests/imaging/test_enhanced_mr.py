@@ -14,7 +14,7 @@ from codebrain_node.imaging.series_io import frame_headers, read_dicom_series
 from codebrain_node.phantom.case import make_phantom_case
 from codebrain_node.phantom.dicom_study import write_dicom_study
 from codebrain_node.route.classify import classify_paths, load_rules
-from tests.imaging.enhanced_mr import to_enhanced_mr
+from tests.imaging.enhanced_mr import rescale_each_frame, to_enhanced_mr
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +106,7 @@ def test_frames_in_two_orientations_are_refused(study: Path, tmp_path: Path) -> 
 
 def test_each_frame_is_read_in_its_own_rescale(study: Path, tmp_path: Path) -> None:
     enhanced = to_enhanced_mr([pydicom.dcmread(path) for path in classic_files(study, "201_")])
-    for number, frame in enumerate(enhanced.PerFrameFunctionalGroupsSequence, start=1):
-        transform = pydicom.Dataset()
-        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = number, -10 * number, "US"
-        frame.PixelValueTransformationSequence = [transform]
-    del enhanced.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence  # now a per-frame group
+    rescale_each_frame(enhanced)  # frame n: slope n, intercept -10 n
     path = tmp_path / "rescaled.dcm"
     enhanced.save_as(path, enforce_file_format=True)
     stored = pydicom.dcmread(path).pixel_array
