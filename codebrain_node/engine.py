@@ -27,7 +27,7 @@ from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Instance, Job, Series, Study, StudyState, as_utc
 from codebrain_node.imaging.preprocess import PreparedStudy, prepare_study, restore
-from codebrain_node.imaging.series_io import UnusableSeriesError, read_dicom_series
+from codebrain_node.imaging.series_io import DicomSeries, UnusableSeriesError, read_dicom_series
 from codebrain_node.route import jobs
 from codebrain_node.route.lifecycle import audit, reopen_if_settled, transition
 from codebrain_node.weights import LoadedModel, load_model
@@ -41,17 +41,6 @@ REFERENCE_PREFERENCE = (Contrast.T1, Contrast.T1GD, Contrast.T2, Contrast.FLAIR,
 
 
 @dataclass
-class SeriesInput:
-    """One input series: its slice headers sorted along the slice normal (one per frame of a multi-frame image)
-    and the volume read in that order."""
-
-    contrast: Contrast
-    datasets: list[pydicom.Dataset]
-    image: sitk.Image
-    slice_index: list[int]  # the volume slice each dataset lies on (imaging.series_io.DicomSeries)
-
-
-@dataclass
 class JobResult:
     written: dict[Contrast, list[Path]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -61,13 +50,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
 
 
-def load_inputs(session: Session, job: Job) -> tuple[dict[Contrast, SeriesInput], list[str]]:
+def load_inputs(session: Session, job: Job) -> tuple[dict[Contrast, DicomSeries], list[str]]:
     """Read every input series of ``job`` from the spool: the usable ones, and why the others were left out.
 
     A series that cannot be one volume (:class:`UnusableSeriesError`) is left out and the job goes on with the
     rest, as a radiologist would rather have a result from the good series; with none left the job fails.
     """
-    inputs: dict[Contrast, SeriesInput] = {}
+    inputs: dict[Contrast, DicomSeries] = {}
     skipped: list[str] = []
     for name, series_uid in job.inputs.items():
         series = session.scalars(select(Series).where(Series.series_instance_uid == series_uid)).one()
@@ -76,12 +65,15 @@ def load_inputs(session: Session, job: Job) -> tuple[dict[Contrast, SeriesInput]
         except UnusableSeriesError as error:
             skipped.append(f"{name} series #{series.series_number}: {error}")
             continue
-        if len(loaded.headers) != loaded.image.GetDepth():
-            missing = loaded.image.GetDepth() - len(loaded.headers)
+        if loaded.missing_slices:
             log.warning(
-                "job %s: %s series #%s lacks %d slice(s); interpolated", job.id, name, series.series_number, missing
+                "job %s: %s series #%s lacks %d slice(s); interpolated",
+                job.id,
+                name,
+                series.series_number,
+                loaded.missing_slices,
             )
-        inputs[Contrast(name)] = SeriesInput(Contrast(name), loaded.headers, loaded.image, loaded.slice_index)
+        inputs[Contrast(name)] = loaded
     if not inputs:
         raise UnusableSeriesError("; ".join(skipped))
     return inputs, skipped
@@ -122,7 +114,7 @@ def run_model(
 
 
 def impute_study(
-    inputs: dict[Contrast, SeriesInput],
+    inputs: dict[Contrast, DicomSeries],
     targets: Sequence[Contrast],
     model: LoadedModel,
     out_dir: Path,
@@ -145,16 +137,14 @@ def impute_study(
 
     clock = time.perf_counter()
     order = [Contrast(name) for name in model.contrasts]
-    reference_datasets = inputs[reference].datasets
+    reference_datasets = inputs[reference].headers
     on_reference = inputs[reference].slice_index
-    sources = {contrast: inputs[contrast].datasets for contrast in available}
+    sources = {contrast: inputs[contrast].headers for contrast in available}
+    # only the slices of acquired reference images are written (not those interpolated into a gap)
+    restored_confidence = None if confidence is None else restore_map(prepared, confidence)[on_reference]
     for number, target in enumerate(targets, start=1):
         restored = restore(prepared, output[order.index(target)])
-        # only the slices of acquired reference images are written (not those interpolated into a gap)
         pixels = sitk.GetArrayFromImage(restored).astype(np.float32)[on_reference]
-        restored_confidence = None
-        if confidence is not None:
-            restored_confidence = restore_map(prepared, confidence)[on_reference]
         result.written[target] = write_synthetic_series(
             reference=reference_datasets,
             pixels=pixels,

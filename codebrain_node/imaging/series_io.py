@@ -36,8 +36,8 @@ _ECHO_PULSE_TO_SCANNING = {"SPIN": ["SE"], "GRADIENT": ["GR"], "BOTH": ["SE", "G
 
 
 class UnusableSeriesError(ValueError):
-    """The series cannot be one volume as it is (several stacks, several images per position, frames of different
-    sizes): the same files give the same answer, so trying again cannot help."""
+    """The series cannot be one volume as it is (several stacks, several images per position, images of different
+    sizes, slices off a regular spacing): the same files give the same answer, so trying again cannot help."""
 
 
 def is_volume_file(path: Path) -> bool:
@@ -49,8 +49,9 @@ def is_multi_frame(dataset: Dataset) -> bool:
     return "PerFrameFunctionalGroupsSequence" in dataset
 
 
-def frame_headers(dataset: Dataset) -> list[Dataset]:
-    """One single-frame header per frame of a multi-frame image; a single-frame dataset comes back as it is.
+def frame_headers(dataset: Dataset, limit: int | None = None) -> list[Dataset]:
+    """One single-frame header per frame of a multi-frame image (the first ``limit`` frames when given); a
+    single-frame dataset comes back as it is.
 
     Each frame header has the top-level attributes, then those of every shared functional group, then those of
     the frame's own groups (later wins, as C.7.6.16 says per-frame values override shared ones), and the
@@ -67,7 +68,7 @@ def frame_headers(dataset: Dataset) -> list[Dataset]:
             top.add(element)
     shared = dataset.get("SharedFunctionalGroupsSequence") or [Dataset()]
     frames = []
-    for number, per_frame in enumerate(dataset.PerFrameFunctionalGroupsSequence, start=1):
+    for number, per_frame in enumerate(dataset.PerFrameFunctionalGroupsSequence[:limit], start=1):
         frame = Dataset()
         frame.update(top)
         for groups in (shared[0], per_frame):
@@ -125,6 +126,10 @@ class DicomSeries:
     image: sitk.Image
     slice_index: list[int]
 
+    @property
+    def missing_slices(self) -> int:
+        return self.image.GetDepth() - len(self.headers)
+
 
 def read_dicom_series(paths: Sequence[Path]) -> DicomSeries:
     """The files of ONE series, any order, single-frame (pixels by SimpleITK/GDCM) or multi-frame (highdicom)."""
@@ -132,7 +137,7 @@ def read_dicom_series(paths: Sequence[Path]) -> DicomSeries:
         raise ValueError("no DICOM files given")
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
     if any(is_multi_frame(header) for header in headers):
-        headers, planes = _read_frames(paths)
+        headers, planes = _read_frames(paths, headers)
         return _on_regular_grid(headers, np.stack(planes))
     order = sorted(range(len(paths)), key=lambda i: _sort_key(headers[i]))
     headers = [headers[i] for i in order]
@@ -200,17 +205,15 @@ def _check_one_stack(headers: Sequence[Dataset], tolerance_mm: float = 0.01) -> 
         raise UnusableSeriesError(f"{kind}: {shared} of {len(headers)} images share a slice position with another")
 
 
-def _read_frames(paths: Sequence[Path]) -> tuple[list[Dataset], list[np.ndarray]]:
-    """Multi-frame files (and any single-frame ones beside them) via highdicom: headers and planes, sorted."""
+def _read_frames(paths: Sequence[Path], headers: Sequence[Dataset]) -> tuple[list[Dataset], list[np.ndarray]]:
+    """Multi-frame files (and any single-frame ones beside them; ``headers`` are theirs, without pixel data) via
+    highdicom, which applies each frame's rescale: frame headers and planes, sorted along the normal."""
     slices: list[tuple[Dataset, np.ndarray]] = []
-    for path in paths:
+    for path, header in zip(paths, headers, strict=True):
         image = hd.Image.from_dataset(pydicom.dcmread(path), copy=False)
-        for header in frame_headers(image):
-            number = int(header.get("ReferencedFrameNumber", 1))
-            pixels = image.get_frame(number, dtype=np.float32, apply_modality_transform=True)
-            if "PixelData" in header:  # a single-frame file: keep its header only
-                header = pydicom.dcmread(path, stop_before_pixels=True)
-            slices.append((header, pixels))
+        for frame in frame_headers(header):
+            number = int(frame.get("ReferencedFrameNumber", 1))
+            slices.append((frame, image.get_frame(number, dtype=np.float32, apply_modality_transform=True)))
     slices.sort(key=lambda item: _sort_key(item[0]))
     headers = [header for header, _ in slices]
     _check_one_stack(headers)

@@ -251,7 +251,7 @@ def read_series_headers(paths: Sequence[Path], n_instances: int | None = None) -
     for path in sample_paths(list(paths)):
         try:
             # a multi-frame image speaks through its first frame's flattened functional groups
-            datasets.append(frame_headers(pydicom.dcmread(path, stop_before_pixels=True))[0])
+            datasets.append(frame_headers(pydicom.dcmread(path, stop_before_pixels=True), limit=1)[0])
         except (OSError, InvalidDicomError, ValueError, EOFError):
             continue
     if not datasets:
