@@ -263,11 +263,11 @@ def worklist_reject(
 
 @user_app.command("hash-password")
 def user_hash_password(
-    name: Annotated[str, typer.Option(help="User name for the printed [[review.users]] table.")] = "radiologist",
+    name: Annotated[str, typer.Option(help="User name for the printed \\[\\[review.users]] table.")] = "radiologist",
     role: Annotated[str, typer.Option(help="reviewer or viewer.")] = "reviewer",
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
 ) -> None:
-    """Hash a password (Argon2id) and print a [[review.users]] table to paste into the config."""
+    """Hash a password (Argon2id) and print a \\[\\[review.users]] table to paste into the config."""
     from codebrain_node.review.auth import hash_password
 
     if password_stdin:
