@@ -3,6 +3,7 @@ slices handled on a regular grid or refused."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,38 +74,40 @@ def test_a_missing_slice_is_interpolated_on_the_regular_grid(series: list[Path])
     assert np.allclose(volume[10], (truth[9].astype(np.float32) + truth[11]) / 2, atol=0.5)
 
 
-def test_slices_off_a_regular_spacing_are_refused(series: list[Path], tmp_path: Path) -> None:
+def rewritten(series: list[Path], folder: Path, change: Callable[[int, pydicom.Dataset], None]) -> list[Path]:
+    """The series copied to ``folder`` with ``change(index, dataset)`` applied to each slice."""
     paths = []
     for index, path in enumerate(series):
-        ds = pydicom.dcmread(path)
-        if index >= 20:  # a second package 1.5 slices further on
+        dataset = pydicom.dcmread(path)
+        change(index, dataset)
+        paths.append(folder / f"{index}.dcm")
+        dataset.save_as(paths[-1])
+    return paths
+
+
+def test_slices_off_a_regular_spacing_are_refused(series: list[Path], tmp_path: Path) -> None:
+    def second_package(index: int, ds: pydicom.Dataset) -> None:  # 1.5 slices further on
+        if index >= 20:
             ds.ImagePositionPatient[2] = float(ds.ImagePositionPatient[2]) + 1.5 * float(ds.SpacingBetweenSlices)
-        paths.append(tmp_path / f"{index}.dcm")
-        ds.save_as(paths[-1])
+
     with pytest.raises(UnusableSeriesError, match="irregular slice spacing"):
-        read_dicom_series(paths)
+        read_dicom_series(rewritten(series, tmp_path, second_package))
 
 
 def test_a_classic_series_in_two_orientations_is_refused(series: list[Path], tmp_path: Path) -> None:
-    paths = []
-    for index, path in enumerate(series):
-        ds = pydicom.dcmread(path)
-        if index == 3:  # one image reformatted into another plane, filed in the same series
+    def reformatted(index: int, ds: pydicom.Dataset) -> None:  # one image in another plane, in the same series
+        if index == 3:
             ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
-        paths.append(tmp_path / f"{index}.dcm")
-        ds.save_as(paths[-1])
+
     with pytest.raises(UnusableSeriesError, match="several stacks"):
-        read_dicom_series(paths)
+        read_dicom_series(rewritten(series, tmp_path, reformatted))
 
 
 def test_a_classic_series_with_images_of_two_sizes_is_refused(series: list[Path], tmp_path: Path) -> None:
-    paths = []
-    for index, path in enumerate(series):
-        ds = pydicom.dcmread(path)
-        if index == 5:  # one image at another matrix
+    def half_matrix(index: int, ds: pydicom.Dataset) -> None:  # one image at another matrix
+        if index == 5:
             ds.PixelData = ds.pixel_array[::2, ::2].copy().tobytes()
             ds.Rows, ds.Columns = ds.Rows // 2, ds.Columns // 2
-        paths.append(tmp_path / f"{index}.dcm")
-        ds.save_as(paths[-1])
+
     with pytest.raises(UnusableSeriesError, match="images of different sizes"):
-        read_dicom_series(paths)
+        read_dicom_series(rewritten(series, tmp_path, half_matrix))
