@@ -148,7 +148,7 @@ def status(
     ctx: typer.Context, limit: Annotated[int, typer.Option(help="How many recent studies to show.")] = 50
 ) -> None:
     """Show studies, their series and contrasts, jobs, exports and dead letters."""
-    from codebrain_node.status import render
+    from codebrain_node.node.status import render
 
     with _sessions(_state(ctx).settings)() as session:
         typer.echo(render(session, limit))
@@ -318,7 +318,7 @@ def phantom(
 @app.command("serve")
 def serve(ctx: typer.Context) -> None:
     """Run the node: DICOM receiver, scheduler, engine workers, exporter, review web app (migrations first)."""
-    from codebrain_node.serve import Node, run_until_signal
+    from codebrain_node.node.serve import Node, run_until_signal
 
     state = _state(ctx)
     run_until_signal(Node(state.settings, config_file=state.config_file))
@@ -327,7 +327,7 @@ def serve(ctx: typer.Context) -> None:
 @app.command("worker")
 def worker(ctx: typer.Context) -> None:
     """Run engine workers only: claim jobs from the shared queue (extra machines on PostgreSQL)."""
-    from codebrain_node.serve import run_worker
+    from codebrain_node.node.serve import run_worker
 
     run_worker(_state(ctx).settings)
 
@@ -343,7 +343,7 @@ def impute(
 ) -> None:
     """Run the node's pipeline on a folder, offline: classify, impute, write synthetic DICOM series."""
     from codebrain_node.contrasts import parse_contrast_list
-    from codebrain_node.offline import impute_folder
+    from codebrain_node.node.offline import impute_folder
 
     targets = parse_contrast_list(synthesize) if synthesize else None
     result = impute_folder(_state(ctx).settings, input_dir, output_dir, synthesize=targets, progress=typer.echo)
@@ -404,7 +404,7 @@ def bench_inference_command(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
 ) -> None:
     """Slices/s of imputation (inference_mode, channels_last, bf16 on CUDA) and parameter counts."""
-    from codebrain_node.bench import bench_inference, format_result
+    from codebrain_node.engine.bench import bench_inference, format_result
 
     for cfg in _bench_configs(configs):
         for name in _bench_devices(device):
@@ -423,7 +423,7 @@ def bench_train_command(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
 ) -> None:
     """Training steps/s and images/s for each config and device."""
-    from codebrain_node.bench import bench_train, format_result
+    from codebrain_node.engine.bench import bench_train, format_result
 
     for cfg in _bench_configs(configs):
         for name in _bench_devices(device):
@@ -523,7 +523,7 @@ def evaluate(
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
 ) -> None:
     """Score every missing-contrast pattern (PSNR, SSIM, MAE; full and brain-masked) against the baselines."""
-    from codebrain_node.weights import DEFAULT_WEIGHTS
+    from codebrain_node.engine.weights import DEFAULT_WEIGHTS
     from training.evaluate import evaluate as run_evaluate
 
     run_evaluate(
@@ -547,7 +547,7 @@ def demo(
     resolution: Annotated[float, typer.Option(help="Phantom voxel size in mm (2 or 3 runs faster).")] = 1.0,
 ) -> None:
     """Send a phantom study (T1, T2, FLAIR) through a real node and show the synthetic T1Gd it sends back."""
-    from codebrain_node.demo import run_demo
+    from codebrain_node.node.demo import run_demo
 
     result = run_demo(_state(ctx).settings, out, resolution_mm=resolution, progress=typer.echo)
     typer.echo(f"study {result.state} in {result.seconds:.0f} s")
@@ -578,8 +578,8 @@ def bench_e2e_command(
     """Seconds from the last instance received to the synthetic series acknowledged by the PACS (storescp)."""
     import tempfile
 
-    from codebrain_node.bench_e2e import bench_e2e, random_init_model, read_case
     from codebrain_node.contrasts import parse_contrast_list
+    from codebrain_node.node.bench_e2e import bench_e2e, random_init_model, read_case
 
     settings = _state(ctx).settings
     acquired = parse_contrast_list(inputs)

@@ -25,12 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Destination as DestinationSettings
 from codebrain_node.config import Settings
+from codebrain_node.db.lifecycle import audit, transition
 from codebrain_node.db.models import Export, ExportStatus, Instance, Series, Study, StudyState, as_utc, utcnow
 from codebrain_node.db.session import transaction
 from codebrain_node.export.base import DeliveryError, Destination
 from codebrain_node.export.folder import FolderDestination
 from codebrain_node.export.scu import DicomDestination
-from codebrain_node.route.lifecycle import audit, transition
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from codebrain_node.db.lifecycle import audit, reopen_if_settled
 from codebrain_node.db.models import Instance, Series, Study, as_utc
 from codebrain_node.db.session import transaction
 from codebrain_node.receive.spool import HeaderError, ReceivedInstance, Spool, describe_file
-from codebrain_node.route.lifecycle import audit, reopen_if_settled
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from codebrain_node import __version__
 from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
+from codebrain_node.db.lifecycle import audit
 from codebrain_node.db.models import Series, StudyState, as_utc
 from codebrain_node.review import auth, render
 from codebrain_node.review.metrics import ReviewMetrics
@@ -43,7 +44,6 @@ from codebrain_node.review.worklist import (
     reject,
     study_detail,
 )
-from codebrain_node.route.lifecycle import audit
 
 log = logging.getLogger(__name__)
 

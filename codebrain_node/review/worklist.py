@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
+from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import AuditEvent, Export, Job, Series, Study, StudyState, as_utc, utcnow
-from codebrain_node.route.lifecycle import transition
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
+from codebrain_node.db.lifecycle import stable_candidates, transition
 from codebrain_node.db.models import Instance, Job, JobStatus, Series, Study, StudyState, as_utc, utcnow
 from codebrain_node.route.classify import Classification, RuleTable, classify_paths, load_rules, pick_inputs
-from codebrain_node.route.lifecycle import stable_candidates, transition
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from e2e_support import STORESCP, STORESCU, node_settings, require
 
-from codebrain_node.bench_e2e import bench_e2e, format_e2e
-from codebrain_node.weights import load_model
+from codebrain_node.engine.weights import load_model
+from codebrain_node.node.bench_e2e import bench_e2e, format_e2e
 
 
 def test_bench_e2e_times_each_stage_after_the_last_instance(phantom_images, tiny_weights: Path, tmp_path: Path):
@@ -34,8 +34,8 @@ def test_read_case_finds_brats_files_by_stem_and_names_what_is_missing(tmp_path:
     import pytest
     import SimpleITK as sitk
 
-    from codebrain_node.bench_e2e import read_case
     from codebrain_node.contrasts import Contrast
+    from codebrain_node.node.bench_e2e import read_case
 
     volume = sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4))
     sitk.WriteImage(volume, str(tmp_path / "t1n.nii.gz"))

@@ -29,8 +29,8 @@ from sqlalchemy import select
 from codebrain_node.config import Destination
 from codebrain_node.db.models import Export, ExportStatus, Instance, Job, JobStatus, Series, Study
 from codebrain_node.db.session import make_engine, session_factory
+from codebrain_node.node.serve import Node
 from codebrain_node.receive.bench import free_port
-from codebrain_node.serve import Node
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Longer than a node restart (Python, torch, migrations) on a loaded 2-core machine, so the study cannot be

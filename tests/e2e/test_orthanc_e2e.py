@@ -34,8 +34,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
 from codebrain_node.contrasts import Contrast
+from codebrain_node.node.serve import Node
 from codebrain_node.phantom.dicom_study import SeriesLayout
-from codebrain_node.serve import Node
 
 ARRIVAL_TIMEOUT_S = 120.0
 

@@ -13,12 +13,12 @@ from sqlalchemy import Engine, func, select
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import AuditEvent, Job, JobStatus, Series, Study, StudyState, utcnow
 from codebrain_node.db.session import make_engine, session_factory, upgrade
-from codebrain_node.engine import Engine as Worker
-from codebrain_node.offline import _dataset_bytes
+from codebrain_node.engine.weights import load_model
+from codebrain_node.engine.worker import Engine as Worker
+from codebrain_node.node.offline import _dataset_bytes
 from codebrain_node.receive.recorder import record_batch
 from codebrain_node.receive.spool import Spool
 from codebrain_node.route.stable import check_stable_studies
-from codebrain_node.weights import load_model
 
 STUDIES = 4
 

@@ -13,7 +13,7 @@ from codebrain_node.contrasts import Contrast
 from codebrain_node.imaging.preprocess import prepare_study
 from codebrain_node.imaging.series_io import read_dicom_series
 from codebrain_node.model import CodeBrain, ModelConfig, save_inference_checkpoint
-from codebrain_node.offline import impute_folder
+from codebrain_node.node.offline import impute_folder
 from codebrain_node.phantom.case import make_phantom_case
 from codebrain_node.phantom.dicom_study import write_dicom_study
 from tests.imaging.enhanced_mr import to_enhanced_mr
@@ -141,7 +141,7 @@ def test_an_unusable_input_is_left_out_and_the_rest_still_used(
 ):
     _with_dual_echo_t1(study, tmp_path / "in")
     settings = load_settings(environ={"CODEBRAIN_MODEL__WEIGHTS": str(checkpoint)})
-    with caplog.at_level("WARNING", logger="codebrain_node.engine"):
+    with caplog.at_level("WARNING", logger="codebrain_node.engine.worker"):
         result = impute_folder(settings, tmp_path / "in", tmp_path / "out", synthesize=[Contrast.T1GD])
     assert list(result.studies.values()) == ["exported"] and list(result.written.values()) == [["T1Gd"]]
     skipped = [r.getMessage() for r in caplog.records if "input left out" in r.getMessage()]
@@ -160,7 +160,7 @@ def test_a_study_with_no_usable_input_fails_at_once_with_the_reason(
 ):
     _with_dual_echo_t1(study, tmp_path / "in", keep=("101_",))
     settings = load_settings(environ={"CODEBRAIN_MODEL__WEIGHTS": str(checkpoint)})
-    with caplog.at_level("WARNING", logger="codebrain_node.engine"):
+    with caplog.at_level("WARNING", logger="codebrain_node.engine.worker"):
         result = impute_folder(settings, tmp_path / "in", tmp_path / "out", synthesize=[Contrast.T1GD])
     assert list(result.studies.values()) == ["failed"]
     assert not list((tmp_path / "out").rglob("*.dcm"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from codebrain_node import weights
+from codebrain_node.engine import weights
 from codebrain_node.model import CodeBrain, ModelConfig, save_inference_checkpoint, sha256_of
 
 TINY = {

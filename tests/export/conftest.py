@@ -15,10 +15,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
+from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import Instance, Series, Study, StudyState
 from codebrain_node.db.session import session_factory, transaction, upgrade
 from codebrain_node.receive.bench import free_port, make_mr_instance
-from codebrain_node.route.lifecycle import transition
 
 PACS_AE = "TESTPACS"
 

@@ -179,7 +179,7 @@ def test_cli_export_retry(factory, approved_study, make_settings, tmp_path: Path
 def test_reapproved_study_with_everything_sent_settles_without_resending(  # type: ignore[no-untyped-def]
     factory, approved_study, make_settings, pacs
 ) -> None:
-    from codebrain_node.route.lifecycle import transition
+    from codebrain_node.db.lifecycle import transition
 
     pacs.start()
     settings = make_settings([_dicom(pacs.port)])

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from codebrain_node.bench import bench_inference, bench_train, format_result
+from codebrain_node.engine.bench import bench_inference, bench_train, format_result
 
 
 def test_bench_inference_reports_throughput_and_size(tiny_config) -> None:

@@ -12,12 +12,12 @@ from pydicom.uid import MRImageStorage, generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import AuditEvent, Instance, Study, StudyState
 from codebrain_node.db.session import session_factory, upgrade
 from codebrain_node.receive.bench import make_mr_instance
 from codebrain_node.receive.recorder import Recorder, record_batch, recover_spool
 from codebrain_node.receive.spool import ReceivedInstance, Spool
-from codebrain_node.route.lifecycle import transition
 
 
 def _dataset_bytes(study: str, series: str, index: int, synthetic: bool = False) -> tuple[bytes, str]:

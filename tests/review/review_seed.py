@@ -16,10 +16,10 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings, load_settings
+from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import Instance, Job, JobStatus, Series, Study, StudyState, utcnow
 from codebrain_node.review.auth import hash_password
 from codebrain_node.review.render import CONFIDENCE_FILE
-from codebrain_node.route.lifecycle import transition
 
 PASSWORDS = {"alice": "correct horse battery", "victor": "viewer password 1"}
 SLICES = 6

@@ -10,8 +10,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from codebrain_node.engine.weights import CHECKSUMS, WEIGHTS_DIR
 from codebrain_node.model import CodeBrain, load_inference_checkpoint, save_inference_checkpoint, sha256_of
-from codebrain_node.weights import CHECKSUMS, WEIGHTS_DIR
 
 
 def ship(run_dir: Path, name: str, version: str) -> Path:

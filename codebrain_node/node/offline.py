@@ -22,12 +22,12 @@ from codebrain_node.config import Destination, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Series, Study, utcnow
 from codebrain_node.db.session import make_engine, session_factory, upgrade
-from codebrain_node.engine import Engine
+from codebrain_node.engine.weights import LoadedModel, load_model
+from codebrain_node.engine.worker import Engine
 from codebrain_node.export.dispatch import run_due_exports
 from codebrain_node.receive.recorder import record_batch
 from codebrain_node.receive.spool import SUCCESS, Spool
 from codebrain_node.route.stable import check_stable_studies
-from codebrain_node.weights import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 

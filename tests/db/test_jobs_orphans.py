@@ -10,7 +10,7 @@ import sys
 from test_jobs import factory, job_and_study, queue_jobs  # noqa: F401 (fixture)
 
 from codebrain_node.db import JobStatus, StudyState
-from codebrain_node.route.jobs import claim_next_job, local_worker_is_dead, requeue_orphaned_jobs
+from codebrain_node.db.jobs import claim_next_job, local_worker_is_dead, requeue_orphaned_jobs
 
 
 def _dead_pid() -> int:

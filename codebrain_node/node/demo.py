@@ -24,11 +24,11 @@ from sqlalchemy import select
 from codebrain_node.config import Destination, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Study, StudyState
+from codebrain_node.engine.weights import load_model
 from codebrain_node.imaging.series_io import read_dicom_files
+from codebrain_node.node.serve import Node
 from codebrain_node.phantom.case import make_phantom_case
 from codebrain_node.phantom.dicom_study import write_dicom_study
-from codebrain_node.serve import Node
-from codebrain_node.weights import load_model
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -24,13 +24,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
+from codebrain_node.db import jobs
 from codebrain_node.db.session import make_engine, session_factory, upgrade
-from codebrain_node.engine import Engine, worker_name
+from codebrain_node.engine.weights import LoadedModel, model_contrasts
+from codebrain_node.engine.worker import Engine, worker_name
 from codebrain_node.export.dispatch import run_due_exports
 from codebrain_node.receive.service import ReceiveService, start_receive_service
-from codebrain_node.route import jobs
 from codebrain_node.route.stable import make_scheduler
-from codebrain_node.weights import LoadedModel, model_contrasts
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from codebrain_node.db import AuditEvent, Job, JobStatus, Study, StudyState, session_factory, upgrade
-from codebrain_node.db.models import utcnow
-from codebrain_node.route.jobs import (
+from codebrain_node.db.jobs import (
     LeaseLostError,
     claim_next_job,
     fail_job,
@@ -18,6 +17,7 @@ from codebrain_node.route.jobs import (
     heartbeat,
     requeue_expired_leases,
 )
+from codebrain_node.db.models import utcnow
 
 
 def queue_jobs(factory, count: int, max_attempts: int = 2) -> list[int]:

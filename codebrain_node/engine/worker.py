@@ -25,12 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
+from codebrain_node.db import jobs
+from codebrain_node.db.lifecycle import audit, reopen_if_settled, transition
 from codebrain_node.db.models import Instance, Job, Series, Study, StudyState, as_utc
+from codebrain_node.engine.weights import LoadedModel, load_model
 from codebrain_node.imaging.preprocess import PreparedStudy, prepare_study, restore
 from codebrain_node.imaging.series_io import DicomSeries, UnusableSeriesError, read_dicom_series
-from codebrain_node.route import jobs
-from codebrain_node.route.lifecycle import audit, reopen_if_settled, transition
-from codebrain_node.weights import LoadedModel, load_model
 from codebrain_node.write.synthetic_series import write_synthetic_series
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import Job, JobStatus, Study, StudyState, as_utc, utcnow
-from codebrain_node.route.lifecycle import transition
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from codebrain_node.db import AuditEvent, Study, StudyState, session_factory, upgrade
-from codebrain_node.route.lifecycle import TransitionError, reopen_if_settled, transition
+from codebrain_node.db.lifecycle import TransitionError, reopen_if_settled, transition
 
 
 @pytest.fixture

@@ -26,11 +26,11 @@ from sqlalchemy import func, select
 from codebrain_node.config import REPO_ROOT, Destination, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import AuditEvent, Export, Job, Series, Study, StudyState, as_utc
+from codebrain_node.engine.weights import LoadedModel, load_model
+from codebrain_node.node.serve import Node
 from codebrain_node.phantom.case import PHANTOM_FILE_STEMS, make_phantom_case
 from codebrain_node.phantom.dicom_study import write_dicom_study
 from codebrain_node.receive.bench import free_port
-from codebrain_node.serve import Node
-from codebrain_node.weights import LoadedModel, load_model
 
 STORESCU = Path("/usr/bin/storescu")
 STORESCP = Path("/usr/bin/storescp")
