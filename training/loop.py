@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from codebrain_node.durable import durable_file
 from training.augment import augment_batch
 from training.train_config import TrainConfig
 
@@ -403,9 +404,8 @@ def save_training_checkpoint(
             "rng": capture_rng_state(),
             "run_info": json.dumps(run_info, default=str),
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with durable_file(path) as handle:
+            torch.save(payload, handle)
     if dist.enabled:
         torch_dist.barrier()
 

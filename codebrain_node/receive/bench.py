@@ -34,6 +34,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from codebrain_node.durable import write_durably
+
 STORESCU = Path("/usr/bin/storescu")
 STORESCP = Path("/usr/bin/storescp")
 SYNC = Path("/usr/bin/sync")
@@ -224,7 +226,7 @@ def _time_pynetdicom_baseline(files: Sequence[Path], work: Path, associations: i
     def on_store(event: evt.Event) -> int:
         dataset = event.dataset  # decodes the whole dataset, as the pynetdicom examples do
         final = spool.path_for(dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID)
-        spool._write_durably((event.encoded_dataset(),), final)
+        write_durably(final, event.encoded_dataset(), tmp_dir=spool.tmp)
         stored.append(dataset.SOPInstanceUID)
         return 0x0000
 
@@ -260,7 +262,7 @@ def _time_durable_floor(files: Sequence[Path], work: Path, associations: int) ->
     series.mkdir(parents=True)
 
     def write(index: int) -> None:
-        spool._write_durably((contents[index],), series / f"{index}.dcm")
+        write_durably(series / f"{index}.dcm", contents[index], tmp_dir=spool.tmp)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=associations) as pool:

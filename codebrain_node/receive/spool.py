@@ -16,16 +16,15 @@ A second copy of an SOP Instance UID that is already spooled is answered with su
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import struct
-import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from codebrain_node.durable import write_durably
 from codebrain_node.receive.header import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -134,14 +133,6 @@ def describe(
     )
 
 
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 class Spool:
     """``incoming/`` and ``tmp/`` under the data directory; thread-safe (every store uses its own temp name)."""
 
@@ -213,38 +204,13 @@ class Spool:
             return StoreOutcome(SUCCESS, duplicate=True)
         file_header = encode_file_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae_title or "")
         try:
-            self._write_durably((file_header, dataset), final)
+            # the partial file lives in tmp/ so a crash leaves nothing half-written under incoming/
+            write_durably(final, (file_header, dataset), tmp_dir=self.tmp, mode=0o640)
         except OSError as exc:
             log.error("store failed 0xA700: cannot write (sop=%s): %s", sop_instance_uid, exc.strerror or exc)
             return StoreOutcome(OUT_OF_RESOURCES)
         size = len(file_header) + len(dataset)
         return StoreOutcome(SUCCESS, instance=replace(instance, path=final, size_bytes=size))
-
-    def _write_durably(self, parts: tuple[bytes, ...], final: Path) -> None:
-        partial = self.tmp / f"{uuid.uuid4().hex}.part"
-        try:
-            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        view = view[os.write(descriptor, view) :]
-                # fdatasync: the contents and size; the name is made durable by the directory fsync below
-                os.fdatasync(descriptor)
-            finally:
-                os.close(descriptor)
-            directory = final.parent
-            created = not directory.is_dir()
-            if created:
-                directory.mkdir(parents=True, exist_ok=True)
-            os.rename(partial, final)
-            _fsync_directory(directory)
-            if created:  # the new folders' own names must survive a crash too
-                _fsync_directory(directory.parent)
-                _fsync_directory(directory.parent.parent)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
 
 
 def describe_file(path: Path) -> ReceivedInstance:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
 import secrets
 import threading
 import time
@@ -24,6 +23,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from codebrain_node.config import ReviewSettings, Settings
+from codebrain_node.durable import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -243,14 +243,7 @@ def session_secret(settings: Settings) -> str:
         key = path.read_text().strip()
         if key:
             return key
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(48)
-    temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(key + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_durably(path, (key + "\n").encode(), mode=0o600)
     log.info("generated the review session key in %s", path)
     return key

@@ -36,7 +36,6 @@ rename, so a crash never leaves a half-written instance that looks complete.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +48,7 @@ from pydicom.valuerep import DS
 
 from codebrain_node import __version__
 from codebrain_node.contrasts import Contrast
+from codebrain_node.durable import durable_file, fsync_directory, make_dirs_durably
 
 MANUFACTURER = "codebrain-node"
 
@@ -128,7 +128,7 @@ def write_synthetic_series(
     number = series_number if series_number is not None else 1000 + int(reference[0].get("SeriesNumber", 0) or 0)
 
     target_dir = Path(out_dir) / series_uid
-    target_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs_durably(target_dir)
     paths = []
     for index, (ref, plane) in enumerate(zip(reference, volume, strict=True)):
         ds = _instance(
@@ -150,7 +150,7 @@ def write_synthetic_series(
         paths.append(_write_atomically(ds, target_dir))
     if confidence is not None:
         save_confidence_map(confidence, target_dir)
-    _fsync_directory(target_dir)
+    fsync_directory(target_dir)
     return paths
 
 
@@ -160,12 +160,8 @@ def save_confidence_map(confidence: np.ndarray, series_dir: Path) -> Path:
     Not DICOM: the review page overlays it; PACS never receives it (only the ``.dcm`` files are exported).
     """
     final = series_dir / CONFIDENCE_FILE
-    partial = series_dir / f".{CONFIDENCE_FILE}.part"
-    with partial.open("wb") as handle:
+    with durable_file(final) as handle:
         np.save(handle, np.clip(confidence, 0.0, 1.0).astype(np.float32))
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.rename(final)
     return final
 
 
@@ -385,23 +381,12 @@ def _set_pixels(ds: Dataset, plane: np.ndarray, center: float, width: float) -> 
 
 
 def _write_atomically(ds: Dataset, folder: Path) -> Path:
+    """One instance, whole or not at all; the caller fsyncs the folder once for the series."""
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     final = folder / f"{ds.SOPInstanceUID}.dcm"
-    partial = folder / f".{ds.SOPInstanceUID}.partial"
-    with partial.open("wb") as handle:
+    with durable_file(final, sync_directory=False) as handle:
         pydicom.dcmwrite(handle, ds, enforce_file_format=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, final)
     return final
-
-
-def _fsync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

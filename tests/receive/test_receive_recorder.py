@@ -127,14 +127,14 @@ def test_spooled_file_is_a_valid_part10_file_with_our_file_meta(tmp_path: Path) 
 def test_write_error_answers_out_of_resources_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import errno
 
-    import codebrain_node.receive.spool as spool_module
+    import codebrain_node.durable as durable_module
 
     def disk_full(_descriptor: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     spool = Spool(tmp_path)
     data, sop = _dataset_bytes(generate_uid(), generate_uid(), 0)
-    monkeypatch.setattr(spool_module.os, "fdatasync", disk_full)
+    monkeypatch.setattr(durable_module.os, "fdatasync", disk_full)
     outcome = spool.store(data, sop_class_uid=MRImageStorage, sop_instance_uid=sop, transfer_syntax_uid=EXPLICIT)
     assert outcome.status == 0xA700 and outcome.instance is None
     assert not list(spool.tmp.iterdir()) and not list(spool.incoming.rglob("*.dcm"))

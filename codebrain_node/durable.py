@@ -1,0 +1,102 @@
+"""The one durable write: a temporary name, fdatasync, rename into place, fsync of the folder.
+
+A reader (or a restart after a power cut) sees either the whole new file under its final name or no file at all,
+never a torn one: the contents reach the disk before the rename makes them visible, and the folder's own fsync
+makes the new name (and any folder created for it) survive a crash. The spool, the synthetic-series writer, the
+folder export, the review key and the trainer's checkpoints all write through here.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the names in ``directory`` (a rename, a new file, a new sub-folder) durable."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def make_dirs_durably(directory: Path) -> None:
+    """``mkdir -p``, fsyncing the parent of every folder it creates so the new names survive a crash too."""
+    missing: list[Path] = []
+    probe = Path(directory)
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
+    if not missing:
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        fsync_directory(created.parent)
+
+
+@contextmanager
+def durable_file(
+    final: Path, *, tmp_dir: Path | None = None, mode: int = 0o644, sync_directory: bool = True
+) -> Iterator[BinaryIO]:
+    """Write ``final`` through a binary handle; it appears, whole and on disk, only when the block ends cleanly.
+
+    ``tmp_dir`` holds the partial file (default: ``final``'s folder; it must be on the same filesystem).
+    ``sync_directory=False`` leaves the folder's fsync to the caller, who writes many files and syncs once.
+    An exception inside the block removes the partial file and leaves any earlier ``final`` untouched.
+    """
+    final = Path(final)
+    if tmp_dir is None:
+        make_dirs_durably(final.parent)
+    partial = Path(tmp_dir or final.parent) / f".{uuid.uuid4().hex}.part"
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fdatasync(handle.fileno())
+        _publish(partial, final, sync_directory)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_durably(
+    final: Path, parts: bytes | Iterable[bytes], *, tmp_dir: Path | None = None, mode: int = 0o644
+) -> int:
+    """Write ``parts`` (bytes, or pieces written one after another) durably to ``final``; returns the size.
+
+    Unbuffered ``os.write`` of the caller's buffers: the receiver's hot path copies nothing it need not.
+    """
+    final = Path(final)
+    if tmp_dir is None:
+        make_dirs_durably(final.parent)
+    partial = Path(tmp_dir or final.parent) / f".{uuid.uuid4().hex}.part"
+    size = 0
+    try:
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            for part in (parts,) if isinstance(parts, bytes | bytearray | memoryview) else parts:
+                view = memoryview(part)
+                size += len(view)
+                while view:
+                    view = view[os.write(descriptor, view) :]
+            os.fdatasync(descriptor)  # contents and size; the name is made durable by the folder's fsync
+        finally:
+            os.close(descriptor)
+        _publish(partial, final, sync_directory=True)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def _publish(partial: Path, final: Path, sync_directory: bool) -> None:
+    make_dirs_durably(final.parent)
+    os.replace(partial, final)
+    if sync_directory:
+        fsync_directory(final.parent)
