@@ -1,0 +1,125 @@
+"""``codebrain-node bench``: the numbers the node is judged by, each measured by its stage's bench module.
+
+Model speed is ``training.bench``, DICOM ingest ``receive.bench``, end to end ``node.bench_e2e``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from codebrain_node.cli import app
+from codebrain_node.cli.state import app_state
+
+if TYPE_CHECKING:
+    from codebrain_node.model.config import ModelConfig
+
+bench_app = typer.Typer(help="Benchmarks: model speed, DICOM ingest, end to end.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _bench_configs(configs: str) -> list[ModelConfig]:
+    """``small,paper`` → their model configs (names or TOML paths, as ``train --model`` takes them)."""
+    from training.train import resolve_model_config
+
+    return [resolve_model_config(name.strip()) for name in configs.split(",") if name.strip()]
+
+
+def _bench_devices(device: str) -> list[str]:
+    """``all`` → cpu, and cuda when there is one; anything else as given."""
+    import torch
+
+    if device == "all":
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    return [device]
+
+
+@bench_app.command("inference")
+def bench_inference_command(
+    configs: Annotated[str, typer.Option(help="Model configs, comma-separated.")] = "small,paper",
+    device: Annotated[str, typer.Option(help="cpu, cuda, or all (cuda when present).")] = "all",
+    batch: Annotated[int, typer.Option(help="Slices per forward pass.")] = 8,
+    size: Annotated[int, typer.Option(help="Slice size (pixels).")] = 256,
+    steps: Annotated[int, typer.Option(help="Timed batches.")] = 3,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
+) -> None:
+    """Slices/s of imputation (inference_mode, channels_last, bf16 on CUDA) and parameter counts."""
+    from training.bench import bench_inference, format_result
+
+    for cfg in _bench_configs(configs):
+        for name in _bench_devices(device):
+            run_batch = batch if cfg.naf_dim <= 16 or name == "cuda" else min(batch, 2)
+            typer.echo(format_result(bench_inference(cfg, name, run_batch, size, steps, threads=threads)))
+
+
+@bench_app.command("train")
+def bench_train_command(
+    configs: Annotated[str, typer.Option(help="Model configs, comma-separated.")] = "small,paper",
+    device: Annotated[str, typer.Option(help="cpu, cuda, or all (cuda when present).")] = "all",
+    batch: Annotated[int, typer.Option(help="Images per step.")] = 4,
+    size: Annotated[int, typer.Option(help="Slice size (pixels).")] = 256,
+    steps: Annotated[int, typer.Option(help="Timed steps.")] = 2,
+    stage: Annotated[int, typer.Option(help="1 (generator + discriminator) or 2 (prior).")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
+) -> None:
+    """Training steps/s and images/s for each config and device."""
+    from training.bench import bench_train, format_result
+
+    for cfg in _bench_configs(configs):
+        for name in _bench_devices(device):
+            run_batch = batch if cfg.naf_dim <= 16 or name == "cuda" else 1
+            result = bench_train(cfg, name, run_batch, size, steps, stage=stage, threads=threads)
+            typer.echo(format_result(result))
+
+
+@bench_app.command("ingest")
+def bench_ingest_command(
+    instances: Annotated[int, typer.Option("--instances", min=1, help="MR instances (256x256 int16) to send.")] = 500,
+    associations: Annotated[int, typer.Option("--associations", min=1, help="Parallel storescu associations.")] = 4,
+) -> None:
+    """C-STORE instances/s into our SCP and into DCMTK storescp (same files, same run) and their ratio."""
+    import json
+
+    from codebrain_node.receive.bench import bench_ingest
+
+    typer.echo(json.dumps(bench_ingest(instances, associations), indent=2))
+
+
+@bench_app.command("e2e")
+def bench_e2e_command(
+    ctx: typer.Context,
+    resolution: Annotated[float, typer.Option(help="Phantom voxel size in mm (slices = head height / this).")] = 2.0,
+    quiet: Annotated[float, typer.Option(help="routing.quiet_period_s for the run (part of the figure).")] = 2.0,
+    repeats: Annotated[int, typer.Option(min=1, help="Studies sent one after the other.")] = 2,
+    inputs: Annotated[str, typer.Option(help="Contrasts the scanner sends; the node makes the missing ones.")] = (
+        "T1,T2,FLAIR"
+    ),
+    case: Annotated[
+        Path | None, typer.Option(help="Send this BraTS-layout case (NIfTI) instead of a phantom, on its own grid.")
+    ] = None,
+    random_init: Annotated[
+        str | None, typer.Option(help="Time a random-init model of this config (small, paper, a TOML) instead.")
+    ] = None,
+) -> None:
+    """Seconds from the last instance received to the synthetic series acknowledged by the PACS (storescp)."""
+    import tempfile
+
+    from codebrain_node.contrasts import parse_contrast_list
+    from codebrain_node.node.bench_e2e import bench_e2e, random_init_model, read_case
+
+    settings = app_state(ctx).settings
+    acquired = parse_contrast_list(inputs)
+    images = read_case(case, acquired) if case is not None else None
+    with tempfile.TemporaryDirectory(prefix="codebrain-bench-model-") as folder:
+        model = random_init_model(random_init, Path(folder), settings.model.device) if random_init else None
+        bench_e2e(
+            settings,
+            model=model,
+            resolution_mm=resolution,
+            quiet_period_s=quiet,
+            repeats=repeats,
+            inputs=acquired,
+            images=images,
+        )

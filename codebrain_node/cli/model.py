@@ -1,0 +1,108 @@
+"""Making and judging models: simulate a ``phantom`` case, ``train`` CodeBrain, ``evaluate`` a checkpoint.
+
+Torch and the training package are imported inside each command, so ``codebrain-node --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from codebrain_node.cli import app
+from codebrain_node.cli.state import app_state
+
+
+@app.command("phantom")
+def phantom(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the case into.")],
+    contrasts: Annotated[str, typer.Option(help="Contrasts to simulate, e.g. T1,T1Gd,T2,PD,FLAIR.")] = "T1,T2,FLAIR",
+    fmt: Annotated[str, typer.Option("--format", help="nifti (BraTS layout) or dicom.")] = "nifti",
+    seed: Annotated[int, typer.Option(help="Same seed, same voxels.")] = 0,
+    anatomy: Annotated[str, typer.Option(help="'mni' (bundled with nilearn) or 'synthseg:N' (shared data).")] = "mni",
+    lesion: Annotated[bool, typer.Option("--lesion/--no-lesion", help="Insert a glioma-like lesion.")] = True,
+    skull: Annotated[bool, typer.Option("--skull/--no-skull", help="Keep the skull and scalp.")] = True,
+    field: Annotated[float, typer.Option("--field", help="Field strength in tesla: 1.5 or 3.")] = 3.0,
+    resolution: Annotated[float, typer.Option(help="Output voxel size in mm.")] = 1.0,
+    shared_data: Annotated[Path | None, typer.Option(help="Shared data folder (default ../shared/data).")] = None,
+) -> None:
+    """Simulate a multi-contrast brain MR case with MR physics and write it as NIfTI or as a DICOM study."""
+    from codebrain_node.contrasts import parse_contrast_list
+    from codebrain_node.phantom import run_phantom
+
+    folder = run_phantom(
+        out,
+        parse_contrast_list(contrasts),
+        fmt,
+        seed,
+        anatomy,
+        shared_data=shared_data,
+        lesion=lesion,
+        skull=skull,
+        field_strength=field,
+        resolution_mm=resolution,
+    )
+    typer.echo(f"phantom written to {folder}")
+
+
+@app.command("train")
+def train(
+    stage: Annotated[int, typer.Option(help="1: codes + decoder (posterior/common encoders); 2: prior encoder.")],
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoints, metrics.jsonl, curves.png, model).")],
+    config: Annotated[Path | None, typer.Option("--config", help="Training TOML (configs/train/*.toml).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (BraTS, IXI or mapped layout).")] = None,
+    from_run: Annotated[Path | None, typer.Option("--from", help="Stage I run folder (for --stage 2).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue --out from its last checkpoint, exactly.")] = False,
+    gpus: Annotated[int | None, typer.Option(help="Launch K processes with torchrun (DDP).")] = None,
+    model: Annotated[str, typer.Option(help="small | paper | brats | ixi | a model TOML.")] = "small",
+    arch: Annotated[str, typer.Option(help="codebrain, or direct (the regression baseline).")] = "codebrain",
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+) -> None:
+    """Train CodeBrain Stage I or II (or the direct baseline); torchrun-ready for several GPUs."""
+    from training.train import train as run_train
+
+    if stage not in (1, 2):
+        raise typer.BadParameter("--stage must be 1 or 2")
+    result = run_train(
+        stage,
+        config,
+        data,
+        out,
+        from_run=from_run,
+        resume=resume,
+        gpus=gpus,
+        model_config=model,
+        arch=arch,
+        device=device,
+    )
+    if result is not None:
+        typer.echo(f"run {result.run_dir}: step {result.step}; inference checkpoint {result.inference_checkpoint}")
+
+
+@app.command("evaluate")
+def evaluate(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(help="Dataset folder to score on.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="CodeBrain inference checkpoint (default: the shipped weights).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Where the table (CSV, JSON) and PNG grid go.")] = None,
+    direct: Annotated[Path | None, typer.Option(help="Direct-regression checkpoint to score beside it.")] = None,
+    split: Annotated[str, typer.Option(help="test (the checkpoint's held-out subjects), val, train, or all.")] = "test",
+    max_slices: Annotated[int | None, typer.Option(help="Evenly subsample at most this many slices.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+) -> None:
+    """Score every missing-contrast pattern (PSNR, SSIM, MAE; full and brain-masked) against the baselines."""
+    from codebrain_node.engine.weights import DEFAULT_WEIGHTS
+    from training.evaluate import evaluate as run_evaluate
+
+    run_evaluate(
+        checkpoint or app_state(ctx).settings.model.weights or DEFAULT_WEIGHTS,
+        data,
+        out,
+        direct_checkpoint=direct,
+        split=split,
+        max_slices=max_slices,
+        device=device,
+    )
