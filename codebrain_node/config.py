@@ -26,11 +26,11 @@ from pydantic import (
 )
 
 from codebrain_node.contrasts import Contrast
+from codebrain_node.resources import config_file
 
 ENV_PREFIX = "CODEBRAIN_"
 CONFIG_ENV = "CODEBRAIN_CONFIG"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "node.toml"
+DEFAULT_CONFIG_FILE = config_file("node.toml")
 
 
 class ConfigError(ValueError):

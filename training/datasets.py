@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 import random
@@ -24,15 +25,16 @@ import re
 import tomllib
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from codebrain_node.contrasts import BRATS_FILE_NAMES, Contrast
-from codebrain_node.imaging.preprocess import prepare_study, same_grid
+from codebrain_node.imaging.preprocess import choose_reference, prepare_study, same_grid
 from codebrain_node.imaging.series_io import read_series
 
 log = logging.getLogger(__name__)
@@ -114,10 +116,6 @@ def find_cases(data_dir: Path | str) -> list[Case]:
 # --- slices ---------------------------------------------------------------------------------------------------
 
 
-def _reference_for(contrasts: Sequence[Contrast]) -> Contrast:
-    return Contrast.T1 if Contrast.T1 in contrasts else contrasts[0]
-
-
 def _cache_key(case: Case, contrasts: Sequence[Contrast], size: int) -> str:
     parts = [case.subject, str(size), *[str(c) for c in contrasts]]
     for contrast in contrasts:
@@ -130,7 +128,7 @@ def _cache_key(case: Case, contrasts: Sequence[Contrast], size: int) -> str:
 def prepare_case(case: Case, contrasts: Sequence[Contrast], size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Read and prepare one case: float32 [N, Z, size, size] in [0, 1] (order = ``contrasts``) and bool mask [Z,H,W]."""
     volumes = {c: read_series(case.paths[c]) for c in contrasts}
-    reference = _reference_for(contrasts)
+    reference = choose_reference(contrasts)
     register = case.register or any(not same_grid(v, volumes[reference]) for v in volumes.values())
     prepared = prepare_study(volumes, reference, size=size, register=register)
     arrays = np.stack([prepared.array(c) for c in contrasts])
@@ -223,6 +221,46 @@ def split_subjects(
     n_test = min(round(n * test_fraction), max(n - 1, 0))
     n_val = min(round(n * val_fraction), max(n - 1 - n_test, 0))
     return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+
+
+@dataclass(frozen=True)
+class SubjectSplit:
+    """How cases become train/val/test slices; stored in every checkpoint so evaluation re-uses training's split."""
+
+    size: int
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | None, default_size: int) -> SubjectSplit:
+        """The split a checkpoint recorded (``data_split``); the defaults for checkpoints that recorded none."""
+        stored = json.loads(text or "{}")
+        return cls(
+            size=int(stored.get("size", default_size)),
+            val_fraction=float(stored.get("val_fraction", 0.1)),
+            test_fraction=float(stored.get("test_fraction", 0.1)),
+            seed=int(stored.get("seed", 0)),
+        )
+
+
+def datasets_for_model(
+    data_dir: Path | str, model_cfg: Any, split: SubjectSplit, cache_dir: Path | str | None = None
+) -> DatasetSplits:
+    """The slices a model of ``model_cfg`` trains and is evaluated on (its contrasts, its 2.5-D context)."""
+    return build_datasets(
+        data_dir,
+        [Contrast(c) for c in model_cfg.contrasts],
+        size=split.size,
+        context_slices=model_cfg.context_slices,
+        val_fraction=split.val_fraction,
+        test_fraction=split.test_fraction,
+        seed=split.seed,
+        cache_dir=cache_dir,
+    )
 
 
 def build_datasets(

@@ -19,10 +19,9 @@ errors.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +29,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from codebrain_node.contrasts import Contrast
 from codebrain_node.model import (
     CodeBrain,
     DirectRegression,
@@ -305,7 +303,7 @@ def evaluate(
     if datasets is None:
         if data_dir is None:
             raise ValueError("no data: pass --data DIR")
-        datasets = _build_splits(Path(data_dir), checkpoint, model.cfg, every_subject=split == "all")
+        datasets = _training_split(Path(data_dir), checkpoint, model.cfg, every_subject=split == "all")
     # "all": a folder held out as a whole (other anatomies, another site); every subject is scored, and the
     # nearest-contrast baseline is fitted on those same subjects (which can only flatter the baseline).
     evaluation_set = datasets.train if split == "all" else getattr(datasets, split)
@@ -359,19 +357,13 @@ def _spread(length: int, count: int) -> list[int]:
     return [int((i + 0.5) * length / count) for i in range(count)]
 
 
-def _build_splits(data_dir: Path, checkpoint: Path, cfg: Any, every_subject: bool = False) -> Any:
-    """The same subject split as training: read from the checkpoint's metadata (defaults otherwise).
+def _training_split(data_dir: Path, checkpoint: Path, cfg: Any, every_subject: bool = False) -> Any:
+    """The same subject split as training, read from the checkpoint's metadata (defaults otherwise).
 
     ``every_subject`` puts every subject of ``data_dir`` in the train split (for held-out folders)."""
-    from training.datasets import build_datasets
+    from training.datasets import SubjectSplit, datasets_for_model
 
-    split = json.loads(read_checkpoint_metadata(checkpoint).get("data_split", "{}"))
-    return build_datasets(
-        data_dir,
-        [Contrast(c) for c in cfg.contrasts],
-        size=int(split.get("size", cfg.image_size)),
-        context_slices=cfg.context_slices,
-        val_fraction=0.0 if every_subject else float(split.get("val_fraction", 0.1)),
-        test_fraction=0.0 if every_subject else float(split.get("test_fraction", 0.1)),
-        seed=int(split.get("seed", 0)),
-    )
+    split = SubjectSplit.from_json(read_checkpoint_metadata(checkpoint).get("data_split"), cfg.image_size)
+    if every_subject:
+        split = replace(split, val_fraction=0.0, test_fraction=0.0)
+    return datasets_for_model(data_dir, cfg, split)

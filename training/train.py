@@ -23,8 +23,9 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import Dataset
 
-from codebrain_node.contrasts import Contrast
 from codebrain_node.model import CodeBrain, DirectRegression, ModelConfig, load_inference_checkpoint
+from codebrain_node.resources import model_config_file
+from training.datasets import SubjectSplit, datasets_for_model
 from training.loop import (
     CHECKPOINT_NAME,
     INFERENCE_NAME,
@@ -40,29 +41,21 @@ from training.train_config import TrainConfig
 
 log = logging.getLogger("training.train")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_CONFIG_DIR = REPO_ROOT / "configs" / "model"
 ARCHITECTURES = ("codebrain", "direct")
 
 
 class Splits(Protocol):
-    """What ``training.datasets.build_datasets`` returns (tests pass a stand-in with the same attributes)."""
+    """What ``training.datasets.datasets_for_model`` returns (tests pass a stand-in with the same attributes)."""
 
     train: Dataset
     val: Dataset
 
 
 def resolve_model_config(spec: str | Path | ModelConfig) -> ModelConfig:
-    """``"small"`` / ``"paper"`` (configs/model/NAME.toml), a TOML path, or a ready ModelConfig."""
+    """A shipped name (``"small"``, ``"paper"``), a TOML path, or a ready ModelConfig."""
     if isinstance(spec, ModelConfig):
         return spec
-    path = Path(spec)
-    if not path.suffix and (MODEL_CONFIG_DIR / f"{spec}.toml").is_file():
-        path = MODEL_CONFIG_DIR / f"{spec}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.toml"))
-        raise FileNotFoundError(f"model config {spec!r} not found (a TOML file or one of {known})")
-    return ModelConfig.from_toml(path)
+    return ModelConfig.from_toml(model_config_file(spec))
 
 
 def train(
@@ -128,10 +121,11 @@ def train(
         torch.manual_seed(cfg.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         model, model_cfg = _build_model(stage, arch, model_cfg, model_config, from_run)
         size = cfg.data.size or model_cfg.image_size
+        split = SubjectSplit(size, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
         if datasets is None:
             if data_dir is None:
                 raise ValueError("no data: pass --data DIR")
-            datasets = _build_splits(Path(data_dir), model_cfg, cfg, size)
+            datasets = datasets_for_model(Path(data_dir), model_cfg, split, cfg.data.cache_dir)
         task = Stage2Task(model, cfg, dist) if stage == 2 else Stage1Task(model, cfg, dist)
         run_info: dict[str, Any] = {
             "stage": stage,
@@ -147,14 +141,7 @@ def train(
             "trainer_stage": str(stage),
             "trainer_arch": arch,
             "train_config_name": cfg.name,
-            "data_split": json.dumps(
-                {
-                    "val_fraction": cfg.data.val_fraction,
-                    "test_fraction": cfg.data.test_fraction,
-                    "seed": cfg.data.split_seed,
-                    "size": size,
-                }
-            ),
+            "data_split": split.to_json(),
         }
         return run_training(
             task,
@@ -190,21 +177,6 @@ def _build_model(
         return CodeBrain(stored), stored
     cfg = stored or resolve_model_config(spec)
     return (DirectRegression(cfg) if arch == "direct" else CodeBrain(cfg)), cfg
-
-
-def _build_splits(data_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, size: int) -> Splits:
-    from training.datasets import build_datasets
-
-    return build_datasets(
-        data_dir,
-        [Contrast(c) for c in model_cfg.contrasts],
-        size=size,
-        context_slices=model_cfg.context_slices,
-        val_fraction=cfg.data.val_fraction,
-        test_fraction=cfg.data.test_fraction,
-        seed=cfg.data.split_seed,
-        cache_dir=cfg.data.cache_dir,
-    )
 
 
 def build_argv(
@@ -257,7 +229,7 @@ def _relaunch_with_torchrun(
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     command += ["-m", "training", *argv]
     log.info("launching %d processes: %s", gpus, " ".join(command))
-    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    subprocess.run(command, check=True)
     inference = out_dir / INFERENCE_NAME
     return TrainResult(out_dir, _last_step(out_dir), inference if inference.is_file() else None, {}, None)
 

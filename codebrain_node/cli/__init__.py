@@ -58,7 +58,9 @@ def main_options(
 def main() -> None:
     """Console entry point: one clear line and a non-zero exit instead of a traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit's code
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

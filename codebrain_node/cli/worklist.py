@@ -114,7 +114,7 @@ def worklist_approve(
 
     settings = app_state(ctx).settings
     with transaction(sessions(settings)) as session:
-        approved = approve(session, study, _reviewer(user), settings, reason)
+        approved = approve(session, study, _reviewer(user), reason)
         typer.echo(f"study {approved.id} approved; exports scheduled")
 
 

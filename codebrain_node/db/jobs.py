@@ -8,7 +8,9 @@ SQLite node, but even two would not both win).
 
 A claimed job is leased: its worker calls :func:`heartbeat` while it runs; a job whose heartbeat is older than
 ``engine.lease_timeout_s`` belonged to a worker that died and is taken back by :func:`requeue_expired_leases`,
-which counts as a failed attempt. Every study state change goes through ``lifecycle.transition``:
+which counts as a failed attempt. Every function works inside the caller's transaction (``with transaction(factory)
+as session``), so a step and what the caller records with it commit together. Every study state change goes
+through ``lifecycle.transition``:
 
     job:   QUEUED ─claim─► RUNNING ─finish─► DONE           study: QUEUED ─► IMPUTING ─► WRITTEN
                               └─fail/expired─► QUEUED (attempts < max) ─┐          IMPUTING ─► QUEUED (retry)
@@ -25,10 +27,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import Job, JobStatus, Study, StudyState, as_utc, utcnow
+from codebrain_node.db.session import row_locks
 
 log = logging.getLogger(__name__)
 
@@ -40,32 +43,30 @@ class LeaseLostError(RuntimeError):
     """The job is no longer this worker's (its lease expired and it was requeued or taken by another worker)."""
 
 
-def claim_next_job(factory: sessionmaker[Session], worker_id: str) -> Job | None:
+def claim_next_job(session: Session, worker_id: str) -> Job | None:
     """Take the oldest queued job for ``worker_id``: RUNNING, attempts + 1, study QUEUED → IMPUTING.
 
-    Returns a detached :class:`Job` (its columns loaded), or None when the queue is empty. A queued job whose
-    study is not QUEUED (an inconsistency no transition should make) is marked FAILED with the reason instead
-    of being claimed, so it can never wedge the head of the queue.
+    Returns the claimed :class:`Job`, or None when the queue is empty. A queued job whose study is not QUEUED (an
+    inconsistency no transition should make) is marked FAILED with the reason instead of being claimed, so it can
+    never wedge the head of the queue.
     """
     while True:
-        with factory() as session, session.begin():
-            job = _claim_locked(session) if _lock(session) else _claim_guarded(session)
-            if job is None:
-                return None
-            study = session.get(Study, job.study_id)
-            if StudyState(study.state) is not StudyState.QUEUED:
-                job.status = JobStatus.FAILED
-                job.error = f"study was {study.state}, not queued, when the job was claimed"
-                job.finished_at = utcnow()
-                log.error("job %s: %s; marked failed", job.id, job.error)
-                continue
-            now = utcnow()
-            job.worker = worker_id
-            job.claimed_at = now
-            job.heartbeat_at = now
-            transition(session, study, StudyState.IMPUTING, _actor(worker_id), job_id=job.id, attempt=job.attempts)
-            session.flush()
-            session.expunge(job)
+        job = _claim_locked(session) if row_locks(session) else _claim_guarded(session)
+        if job is None:
+            return None
+        study = session.get(Study, job.study_id)
+        if StudyState(study.state) is not StudyState.QUEUED:
+            job.status = JobStatus.FAILED
+            job.error = f"study was {study.state}, not queued, when the job was claimed"
+            job.finished_at = utcnow()
+            log.error("job %s: %s; marked failed", job.id, job.error)
+            continue
+        now = utcnow()
+        job.worker = worker_id
+        job.claimed_at = now
+        job.heartbeat_at = now
+        transition(session, study, StudyState.IMPUTING, _actor(worker_id), job_id=job.id, attempt=job.attempts)
+        session.flush()
         log.info("job %s claimed by %s (attempt %s of %s)", job.id, worker_id, job.attempts, job.max_attempts)
         return job
 
@@ -107,49 +108,41 @@ def _claim_guarded(session: Session) -> Job | None:
     return None
 
 
-def heartbeat(factory: sessionmaker[Session], job_id: int, worker_id: str | None = None) -> bool:
+def heartbeat(session: Session, job_id: int, worker_id: str | None = None) -> bool:
     """Renew the lease of a running job; False when it is no longer running (for ``worker_id``, if given)."""
-    with factory() as session, session.begin():
-        conditions = [Job.id == job_id, Job.status == JobStatus.RUNNING]
-        if worker_id is not None:
-            conditions.append(Job.worker == worker_id)
-        result = session.execute(
-            update(Job).where(*conditions).values(heartbeat_at=utcnow()).execution_options(synchronize_session=False)
-        )
-        return result.rowcount == 1
+    conditions = [Job.id == job_id, Job.status == JobStatus.RUNNING]
+    if worker_id is not None:
+        conditions.append(Job.worker == worker_id)
+    result = session.execute(
+        update(Job).where(*conditions).values(heartbeat_at=utcnow()).execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def finish_job(
-    factory: sessionmaker[Session],
-    job_id: int,
-    timings: Mapping[str, Any],
-    model_name: str,
-    worker_id: str | None = None,
-    then: Callable[[Session, Job], None] | None = None,
-) -> None:
-    """Mark a running job DONE (timings, model) and its study WRITTEN; the engine then applies the export policy.
+    session: Session, job_id: int, timings: Mapping[str, Any], model_name: str, worker_id: str | None = None
+) -> Job:
+    """Mark a running job DONE (timings, model) and its study WRITTEN; returns the job.
 
-    ``then(session, job)`` runs in the same transaction (the engine records the written series and applies the
-    export policy there), so a crash leaves either the whole result or a job to retry, never half of it.
+    The caller records the written series and applies the export policy in the same transaction, so a crash
+    leaves either the whole result or a job to retry, never half of it.
 
     Raises :class:`LeaseLostError` when the job is not running (or, given ``worker_id``, not this worker's): its
     lease expired and the result must not be recorded twice.
     """
-    with factory() as session, session.begin():
-        job = _running_job(session, job_id, worker_id)
-        job.status = JobStatus.DONE
-        job.timings = {key: float(value) for key, value in timings.items()}
-        job.model_name = model_name[:128]
-        job.error = None
-        job.finished_at = utcnow()
-        transition(session, job.study, StudyState.WRITTEN, _actor(job.worker), job_id=job.id, model=job.model_name)
-        if then is not None:
-            then(session, job)
+    job = _running_job(session, job_id, worker_id)
+    job.status = JobStatus.DONE
+    job.timings = {key: float(value) for key, value in timings.items()}
+    job.model_name = model_name[:128]
+    job.error = None
+    job.finished_at = utcnow()
+    transition(session, job.study, StudyState.WRITTEN, _actor(job.worker), job_id=job.id, model=job.model_name)
     log.info("job %s done", job_id)
+    return job
 
 
 def fail_job(
-    factory: sessionmaker[Session], job_id: int, error: str, worker_id: str | None = None, *, permanent: bool = False
+    session: Session, job_id: int, error: str, worker_id: str | None = None, *, permanent: bool = False
 ) -> JobStatus:
     """Record a failed attempt: back to QUEUED while attempts remain, else FAILED (study FAILED) with the reason.
     ``permanent``: the inputs themselves are unusable, so FAILED at once (another attempt would read the same).
@@ -157,18 +150,17 @@ def fail_job(
     Returns the job's new status. A job that is no longer running (lease lost) is left alone and its status
     returned, so a late failure report from a presumed-dead worker changes nothing.
     """
-    with factory() as session, session.begin():
-        job = session.get(Job, job_id, with_for_update=_lock(session))
-        if job is None:
-            raise LookupError(f"job {job_id} does not exist")
-        if job.status != JobStatus.RUNNING or (worker_id is not None and job.worker != worker_id):
-            log.warning("job %s: failure report ignored, the job is %s", job_id, job.status)
-            return JobStatus(job.status)
-        return _record_failure(session, job, error, _actor(job.worker), permanent=permanent)
+    job = session.get(Job, job_id, with_for_update=row_locks(session))
+    if job is None:
+        raise LookupError(f"job {job_id} does not exist")
+    if job.status != JobStatus.RUNNING or (worker_id is not None and job.worker != worker_id):
+        log.warning("job %s: failure report ignored, the job is %s", job_id, job.status)
+        return JobStatus(job.status)
+    return _record_failure(session, job, error, _actor(job.worker), permanent=permanent)
 
 
 def requeue_expired_leases(
-    factory: sessionmaker[Session], lease_timeout_s: float, now: datetime | None = None, actor: str = "engine"
+    session: Session, lease_timeout_s: float, now: datetime | None = None, actor: str = "engine"
 ) -> list[int]:
     """Take back running jobs whose worker has been silent for ``lease_timeout_s``; each is a failed attempt.
 
@@ -177,20 +169,19 @@ def requeue_expired_leases(
     now = as_utc(now) if now is not None else utcnow()
     deadline = now - timedelta(seconds=lease_timeout_s)
     expired = []
-    with factory() as session, session.begin():
-        query = select(Job).where(
-            Job.status == JobStatus.RUNNING,
-            or_(Job.heartbeat_at <= deadline, (Job.heartbeat_at.is_(None)) & (Job.claimed_at <= deadline)),
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        for job in session.scalars(query.order_by(Job.id)):
-            last = as_utc(job.heartbeat_at or job.claimed_at)
-            silent = (now - last).total_seconds() if last is not None else lease_timeout_s
-            worker = job.worker
-            status = _record_failure(session, job, f"lease expired: worker {worker} silent for {silent:.0f} s", actor)
-            log.warning("job %s: lease of %s expired, now %s", job.id, worker, status.value)
-            expired.append(job.id)
+    query = select(Job).where(
+        Job.status == JobStatus.RUNNING,
+        or_(Job.heartbeat_at <= deadline, (Job.heartbeat_at.is_(None)) & (Job.claimed_at <= deadline)),
+    )
+    if row_locks(session):
+        query = query.with_for_update(skip_locked=True)
+    for job in session.scalars(query.order_by(Job.id)):
+        last = as_utc(job.heartbeat_at or job.claimed_at)
+        silent = (now - last).total_seconds() if last is not None else lease_timeout_s
+        worker = job.worker
+        status = _record_failure(session, job, f"lease expired: worker {worker} silent for {silent:.0f} s", actor)
+        log.warning("job %s: lease of %s expired, now %s", job.id, worker, status.value)
+        expired.append(job.id)
     return expired
 
 
@@ -215,7 +206,7 @@ def local_worker_is_dead(worker_id: str | None, hostname: str | None = None) -> 
 
 
 def requeue_orphaned_jobs(
-    factory: sessionmaker[Session], is_dead: Callable[[str | None], bool] = local_worker_is_dead, actor: str = "engine"
+    session: Session, is_dead: Callable[[str | None], bool] = local_worker_is_dead, actor: str = "engine"
 ) -> list[int]:
     """Take back running jobs whose worker process is known dead (a node restarted after SIGKILL or a power cut).
 
@@ -223,17 +214,16 @@ def requeue_orphaned_jobs(
     minutes by default) had passed; each job taken back counts as a failed attempt, as an expired lease does.
     """
     taken = []
-    with factory() as session, session.begin():
-        query = select(Job).where(Job.status == JobStatus.RUNNING).order_by(Job.id)
-        if _lock(session):
-            query = query.with_for_update(skip_locked=True)
-        for job in session.scalars(query):
-            if not is_dead(job.worker):
-                continue
-            worker = job.worker
-            status = _record_failure(session, job, f"worker {worker} died (found at restart)", actor)
-            log.warning("job %s: worker %s is gone; now %s", job.id, worker, status.value)
-            taken.append(job.id)
+    query = select(Job).where(Job.status == JobStatus.RUNNING).order_by(Job.id)
+    if row_locks(session):
+        query = query.with_for_update(skip_locked=True)
+    for job in session.scalars(query):
+        if not is_dead(job.worker):
+            continue
+        worker = job.worker
+        status = _record_failure(session, job, f"worker {worker} died (found at restart)", actor)
+        log.warning("job %s: worker %s is gone; now %s", job.id, worker, status.value)
+        taken.append(job.id)
     return taken
 
 
@@ -265,17 +255,12 @@ def _record_failure(session: Session, job: Job, error: str, actor: str, *, perma
 
 
 def _running_job(session: Session, job_id: int, worker_id: str | None) -> Job:
-    job = session.get(Job, job_id, with_for_update=_lock(session))
+    job = session.get(Job, job_id, with_for_update=row_locks(session))
     if job is None:
         raise LookupError(f"job {job_id} does not exist")
     if job.status != JobStatus.RUNNING or (worker_id is not None and job.worker != worker_id):
         raise LeaseLostError(f"job {job_id} is {job.status}, worker {job.worker}: not ours any more")
     return job
-
-
-def _lock(session: Session) -> bool:
-    """Row locks where the database has them (PostgreSQL); SQLite serialises writers by itself."""
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def _actor(worker_id: str | None) -> str:

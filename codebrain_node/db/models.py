@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -140,6 +141,16 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+    def file_in(self, data_dir: Path) -> Path:
+        """The instance's file: ``path`` as recorded, a relative one taken from the node's data folder."""
+        return instance_file(self.path, data_dir)
+
+
+def instance_file(recorded: str, data_dir: Path) -> Path:
+    """Where a recorded instance path points (one rule for every stage that opens instance files)."""
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(data_dir) / path
 
 
 class Job(Base):

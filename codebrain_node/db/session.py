@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "alembic"
+from codebrain_node.resources import migrations_dir
 
 
 def make_engine(url: str, echo: bool = False) -> Engine:
@@ -54,10 +54,16 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def row_locks(session: Session) -> bool:
+    """Row locks where the database has them (``FOR UPDATE [SKIP LOCKED]`` on PostgreSQL); SQLite serialises
+    writers by itself and has no row locks."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def alembic_config(engine: Engine | None = None) -> Config:
     """An Alembic config without an ini file: the node's own folder of migrations, on this engine."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     if engine is not None:
         config.attributes["engine"] = engine
     return config

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from codebrain_node.config import REPO_ROOT
+from codebrain_node.contrasts import Contrast
 from codebrain_node.model import ModelConfig, load_inference_checkpoint, read_checkpoint_metadata, sha256_of
 from codebrain_node.model.checkpoint import CONFIG_KEY
+from codebrain_node.resources import weights_dir
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_DIR = REPO_ROOT / "weights"
+WEIGHTS_DIR = weights_dir()
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "codebrain-brats-small.safetensors"
 CHECKSUMS = WEIGHTS_DIR / "SHA256SUMS"
 
@@ -37,7 +38,7 @@ class LoadedModel:
     version: str
     sha256: str
     device: torch.device
-    contrasts: tuple[str, ...]
+    contrasts: tuple[Contrast, ...]  # the network's channel order
 
 
 def select_device(preference: str) -> torch.device:
@@ -88,11 +89,11 @@ def load_model(weights: Path | None, device_preference: str = "auto") -> LoadedM
         version=version,
         sha256=digest,
         device=device,
-        contrasts=tuple(network.cfg.contrasts),
+        contrasts=tuple(Contrast(c) for c in network.cfg.contrasts),
     )
 
 
-def model_contrasts(weights: Path | None) -> tuple[str, ...]:
+def model_contrasts(weights: Path | None) -> tuple[Contrast, ...]:
     """The contrasts a checkpoint reads and writes, from its metadata alone (no weights loaded)."""
     path = Path(weights) if weights else DEFAULT_WEIGHTS
     if not path.exists():
@@ -101,4 +102,4 @@ def model_contrasts(weights: Path | None) -> tuple[str, ...]:
         cfg = ModelConfig.from_json(read_checkpoint_metadata(path)[CONFIG_KEY])
     except (KeyError, ValueError) as error:
         raise WeightsError(f"{path} is not a CodeBrain checkpoint: {error}") from error
-    return tuple(cfg.contrasts)
+    return tuple(Contrast(c) for c in cfg.contrasts)

@@ -1,8 +1,12 @@
 """The imputation engine: claim a job → load series → preprocess → model → invert → write → hand to export.
 
-A worker is a loop over the database queue (``route/jobs.py``); several workers, on one machine or many sharing
+A worker is a loop over the database queue (``db/jobs.py``); several workers, on one machine or many sharing
 a PostgreSQL queue and a shared data folder, never run one job twice. Everything a job needs is in the database
 and on disk, so a worker that dies loses nothing: its lease expires and another worker retries the job.
+
+Each step is one transaction: the claim; the inputs read and any left out audited; and the result — job DONE,
+the synthetic series recorded from what the writer reports, the study approved or sent to review. The exporter
+picks approved studies up from the database; the engine never calls it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,21 +32,24 @@ from codebrain_node.contrasts import Contrast
 from codebrain_node.db import jobs
 from codebrain_node.db.lifecycle import audit, reopen_if_settled, transition
 from codebrain_node.db.models import Instance, Job, Series, Study, StudyState, as_utc
+from codebrain_node.db.session import transaction
 from codebrain_node.engine.weights import LoadedModel, load_model
-from codebrain_node.imaging.preprocess import PreparedStudy, prepare_study, restore
+from codebrain_node.imaging.preprocess import (
+    REFERENCE_PREFERENCE,
+    choose_reference,
+    prepare_study,
+    restore,
+    restore_map,
+)
 from codebrain_node.imaging.series_io import DicomSeries, UnusableSeriesError, read_dicom_series
-from codebrain_node.write.synthetic_series import write_synthetic_series
+from codebrain_node.write.synthetic_series import WrittenSeries, write_synthetic_series
 
 log = logging.getLogger(__name__)
-
-#: The synthetic series lie on the first available of these (T1Gd is acquired on the T1 geometry in most
-#: protocols, and T1/T2 are usually the highest-resolution axial series of a brain study).
-REFERENCE_PREFERENCE = (Contrast.T1, Contrast.T1GD, Contrast.T2, Contrast.FLAIR, Contrast.PD)
 
 
 @dataclass
 class JobResult:
-    written: dict[Contrast, list[Path]] = field(default_factory=dict)
+    written: dict[Contrast, WrittenSeries] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -50,7 +57,7 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
 
 
-def load_inputs(session: Session, job: Job) -> tuple[dict[Contrast, DicomSeries], list[str]]:
+def load_inputs(session: Session, job: Job, data_dir: Path) -> tuple[dict[Contrast, DicomSeries], list[str]]:
     """Read every input series of ``job`` from the spool: the usable ones, and why the others were left out.
 
     A series that cannot be one volume (:class:`UnusableSeriesError`) is left out and the job goes on with the
@@ -61,7 +68,7 @@ def load_inputs(session: Session, job: Job) -> tuple[dict[Contrast, DicomSeries]
     for name, series_uid in job.inputs.items():
         series = session.scalars(select(Series).where(Series.series_instance_uid == series_uid)).one()
         try:
-            loaded = read_dicom_series([Path(instance.path) for instance in series.instances])
+            loaded = read_dicom_series([instance.file_in(data_dir) for instance in series.instances])
         except UnusableSeriesError as error:
             skipped.append(f"{name} series #{series.series_number}: {error}")
             continue
@@ -79,10 +86,6 @@ def load_inputs(session: Session, job: Job) -> tuple[dict[Contrast, DicomSeries]
     return inputs, skipped
 
 
-def choose_reference(available: Sequence[Contrast]) -> Contrast:
-    return next(contrast for contrast in REFERENCE_PREFERENCE if contrast in available)
-
-
 def run_model(
     model: LoadedModel, stacked: np.ndarray, available: Sequence[Contrast], batch_size: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -90,7 +93,7 @@ def run_model(
 
     Returns every model contrast [N_model, Z, H, W] and the confidence [Z, H, W] when the model gives one.
     """
-    order = [Contrast(name) for name in model.contrasts]
+    order = model.contrasts
     _, depth, height, width = stacked.shape
     images = torch.zeros((depth, len(order), height, width), dtype=torch.float32)
     mask = torch.zeros((depth, len(order)), dtype=torch.bool)
@@ -136,7 +139,7 @@ def impute_study(
     result.timings["model_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    order = [Contrast(name) for name in model.contrasts]
+    order = model.contrasts
     reference_datasets = inputs[reference].headers
     on_reference = inputs[reference].slice_index
     sources = {contrast: inputs[contrast].headers for contrast in available}
@@ -160,62 +163,47 @@ def impute_study(
     return result
 
 
-def restore_map(prepared: PreparedStudy, values: np.ndarray) -> np.ndarray:
-    """A [Z, size, size] map (e.g. confidence in [0, 1]) onto the reference grid, values kept as they are."""
-    on_grid = sitk.GetImageFromArray(values.astype(np.float32))
-    on_grid.CopyInformation(prepared.grid)
-    restored = sitk.Resample(
-        on_grid, prepared.reference_image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32
-    )
-    return sitk.GetArrayFromImage(restored)
-
-
 def _series_number(reference: Sequence[pydicom.Dataset], offset: int) -> int:
     """Synthetic series sort after the reference in viewers: 1000 + reference number + offset."""
     base = int(getattr(reference[0], "SeriesNumber", 0) or 0)
     return 1000 + base * 10 + offset
 
 
-def record_written_series(session: Session, study: Study, written: dict[Contrast, list[Path]]) -> list[Series]:
+def record_written_series(session: Session, study: Study, written: Mapping[Contrast, WrittenSeries]) -> list[Series]:
     """Register the synthetic series so export, review and status see them (they are never model inputs)."""
     created = []
-    for contrast, paths in written.items():
-        first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    for contrast, series_written in written.items():
         series = Series(
             study=study,
-            series_instance_uid=str(first.SeriesInstanceUID),
+            series_instance_uid=series_written.series_instance_uid,
             modality="MR",
-            series_number=int(first.SeriesNumber),
-            series_description=str(first.SeriesDescription),
-            frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")) or None,
+            series_number=series_written.series_number,
+            series_description=series_written.series_description,
+            frame_of_reference_uid=series_written.frame_of_reference_uid,
             contrast=contrast.value,
             classification_reason="written by this node (Synthetic Data = YES)",
             is_synthetic=True,
         )
-        for path in paths:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            series.instances.append(
-                Instance(
-                    sop_instance_uid=str(ds.SOPInstanceUID),
-                    sop_class_uid=str(ds.SOPClassUID),
-                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                    instance_number=int(ds.InstanceNumber),
-                    path=str(path),
-                    size_bytes=path.stat().st_size,
-                )
+        series.instances = [
+            Instance(
+                sop_instance_uid=instance.sop_instance_uid,
+                sop_class_uid=instance.sop_class_uid,
+                transfer_syntax_uid=instance.transfer_syntax_uid,
+                instance_number=instance.instance_number,
+                path=str(instance.path),
+                size_bytes=instance.size_bytes,
             )
+            for instance in series_written.instances
+        ]
         session.add(series)
         created.append(series)
     return created
 
 
 def apply_export_policy(session: Session, study: Study, settings: Settings) -> None:
-    """``auto``: approve now and schedule delivery; ``review``: wait for a radiologist."""
-    from codebrain_node.export.dispatch import schedule_exports
-
+    """``auto``: approve now (the exporter sends it on its next round); ``review``: wait for a radiologist."""
     if settings.export.policy == "auto":
         transition(session, study, StudyState.APPROVED, actor="policy:auto")
-        schedule_exports(session, study, settings)
     else:
         transition(session, study, StudyState.AWAITING_REVIEW, actor="policy:review")
 
@@ -245,72 +233,83 @@ class Engine:
     def run(self, stop: threading.Event) -> None:
         log.info("engine worker %s started", self.name)
         while not stop.is_set():
-            jobs.requeue_expired_leases(self.factory, self.settings.engine.lease_timeout_s)
+            with transaction(self.factory) as session:
+                jobs.requeue_expired_leases(session, self.settings.engine.lease_timeout_s)
             if not self.run_once():
                 stop.wait(self.settings.engine.poll_interval_s)
         log.info("engine worker %s stopped", self.name)
 
     def run_once(self) -> bool:
         """Claim and run one job; False when the queue is empty."""
-        job = jobs.claim_next_job(self.factory, self.name)
-        if job is None:
-            return False
+        with transaction(self.factory) as session:
+            job = jobs.claim_next_job(session, self.name)
+            if job is None:
+                return False
+            job_id, attempt = job.id, job.attempts
         started = time.perf_counter()
-        beat = _Heartbeat(self.factory, job.id, interval=max(1.0, self.settings.engine.lease_timeout_s / 4))
+        beat = _Heartbeat(self.factory, job_id, interval=max(1.0, self.settings.engine.lease_timeout_s / 4))
         beat.start()
         try:
-            result = self._run(job.id)
+            result = self._run(job_id)
         except UnusableSeriesError as error:
-            log.warning("job %s failed: %s", job.id, error)
-            jobs.fail_job(self.factory, job.id, str(error), worker_id=self.name, permanent=True)
+            log.warning("job %s failed: %s", job_id, error)
+            self._fail(job_id, str(error), permanent=True)
             return True
         except Exception as error:  # any failure of one job must not stop the worker
-            log.exception("job %s failed on attempt %s", job.id, job.attempts)
-            jobs.fail_job(self.factory, job.id, f"{type(error).__name__}: {error}", worker_id=self.name)
+            log.exception("job %s failed on attempt %s", job_id, attempt)
+            self._fail(job_id, f"{type(error).__name__}: {error}")
             return True
         finally:
             beat.stop()
         result.timings["total_s"] = time.perf_counter() - started
-
-        def record(session: Session, finished: Job) -> None:
-            study = finished.study
-            record_written_series(session, study, result.written)
-            apply_export_policy(session, study, self.settings)
-            # Instances that arrived while the job ran were not among its inputs: look at the study again.
-            if as_utc(study.last_received_at) > as_utc(finished.claimed_at or finished.created_at):
-                reopen_if_settled(session, study, actor=f"engine:{self.name}")
-
-        model_name = f"{self.model.name} {self.model.version}"
         try:
-            jobs.finish_job(
-                self.factory, job.id, timings=result.timings, model_name=model_name, worker_id=self.name, then=record
-            )
+            self._record(job_id, result)
         except jobs.LeaseLostError:
-            log.warning("job %s: lease lost while running; another worker retries it, this result is dropped", job.id)
+            log.warning("job %s: lease lost while running; another worker retries it, this result is dropped", job_id)
             return True
         except Exception as error:
-            log.exception("job %s: could not record its result", job.id)
-            jobs.fail_job(self.factory, job.id, f"recording failed: {type(error).__name__}: {error}", self.name)
+            log.exception("job %s: could not record its result", job_id)
+            self._fail(job_id, f"recording failed: {type(error).__name__}: {error}")
             return True
         log.info(
             "job %s done: %s in %.1f s",
-            job.id,
+            job_id,
             ", ".join(c.value for c in result.written),
             result.timings["total_s"],
         )
         return True
 
+    def _record(self, job_id: int, result: JobResult) -> None:
+        """One transaction: the job DONE, its series recorded, the export policy applied."""
+        with transaction(self.factory) as session:
+            job = jobs.finish_job(
+                session,
+                job_id,
+                timings=result.timings,
+                model_name=f"{self.model.name} {self.model.version}",
+                worker_id=self.name,
+            )
+            study = job.study
+            record_written_series(session, study, result.written)
+            apply_export_policy(session, study, self.settings)
+            # Instances that arrived while the job ran were not among its inputs: look at the study again.
+            if as_utc(study.last_received_at) > as_utc(job.claimed_at or job.created_at):
+                reopen_if_settled(session, study, actor=f"engine:{self.name}")
+
+    def _fail(self, job_id: int, error: str, *, permanent: bool = False) -> None:
+        with transaction(self.factory) as session:
+            jobs.fail_job(session, job_id, error, worker_id=self.name, permanent=permanent)
+
     def _run(self, job_id: int) -> JobResult:
-        with self.factory() as session:
+        with transaction(self.factory) as session:
             job = session.get(Job, job_id)
             study_uid = job.study.study_instance_uid
             clock = time.perf_counter()
-            inputs, skipped = load_inputs(session, job)
+            inputs, skipped = load_inputs(session, job, self.settings.paths.data_dir)
             targets = [Contrast(name) for name in job.targets]
             for reason in skipped:
                 log.warning("job %s: input left out: %s", job.id, reason)
                 audit(session, f"engine:{self.name}", "input_skipped", job.study, job_id=job.id, reason=reason)
-            session.commit()
         load_s = time.perf_counter() - clock
         out_dir = self.settings.paths.data_dir / "synthetic" / study_uid
         result = impute_study(
@@ -334,7 +333,8 @@ class _Heartbeat:
 
     def _beat(self, factory: sessionmaker[Session], job_id: int, interval: float) -> None:
         while not self._stop.wait(interval):
-            jobs.heartbeat(factory, job_id)
+            with transaction(factory) as session:
+                jobs.heartbeat(session, job_id)
 
     def start(self) -> None:
         self._thread.start()

@@ -1,6 +1,7 @@
 """The dispatcher: one Export row per (synthetic series, destination), sent once, retried, dead-lettered.
 
-On APPROVED, :func:`schedule_exports` creates the rows (the unique constraint makes it idempotent).
+The exporter is the only place that schedules exports: each round of :func:`run_due_exports` first creates the
+missing rows of every APPROVED study (:func:`schedule_exports`; the unique constraint makes it idempotent).
 :func:`run_due_exports` sends the rows that are due. Each send is claimed first in a short transaction (attempts
 +1, next attempt pushed a lease ahead; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so several nodes never send one row
 at once), then delivered with no transaction open (SQLite keeps a single writer free for the receiver), then
@@ -26,7 +27,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from codebrain_node.config import Destination as DestinationSettings
 from codebrain_node.config import Settings
 from codebrain_node.db.lifecycle import audit, transition
-from codebrain_node.db.models import Export, ExportStatus, Instance, Series, Study, StudyState, as_utc, utcnow
+from codebrain_node.db.models import (
+    Export,
+    ExportStatus,
+    Instance,
+    Series,
+    Study,
+    StudyState,
+    as_utc,
+    instance_file,
+    utcnow,
+)
 from codebrain_node.db.session import transaction
 from codebrain_node.export.base import DeliveryError, Destination
 from codebrain_node.export.folder import FolderDestination
@@ -146,7 +157,8 @@ def _claim(
         paths = session.scalars(
             select(Instance.path).where(Instance.series_id == export.series_id).order_by(Instance.instance_number)
         )
-        return export.destination, [Path(p) for p in paths], export.series.study_id
+        files = [instance_file(p, settings.paths.data_dir) for p in paths]
+        return export.destination, files, export.series.study_id
 
 
 def _deliver(destination: Destination | None, name: str, files: list[Path]) -> str | None:

@@ -32,7 +32,7 @@ which keeps viewer windowing sensible. Restoring the reference's own prepared ar
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -247,6 +247,18 @@ def normalise(volume: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 
 # --- the two public steps -------------------------------------------------------------------------------------
 
+#: Training and serving put a study on the first available of these (T1Gd is acquired on the T1 geometry in most
+#: protocols, and T1/T2 are usually the highest-resolution axial series of a brain study).
+REFERENCE_PREFERENCE = (Contrast.T1, Contrast.T1GD, Contrast.T2, Contrast.FLAIR, Contrast.PD)
+
+
+def choose_reference(available: Sequence[Contrast]) -> Contrast:
+    """The series whose grid the study is prepared on and the synthetic series are written on."""
+    for contrast in REFERENCE_PREFERENCE:
+        if contrast in available:
+            return contrast
+    raise ValueError(f"no known contrast among {list(available)}")
+
 
 def prepare_study(
     volumes: Mapping[Contrast, sitk.Image],
@@ -313,15 +325,10 @@ def restore(prepared: PreparedStudy, synthetic: np.ndarray, *, window_of: Contra
     ``low + y·(high − low)`` with the reference's window (or ``window_of``'s, when that series was available);
     integer series are rounded and clipped to [0, dtype max] (MR magnitudes are never negative).
     """
-    expected = tuple(reversed(prepared.grid.GetSize()))
-    if synthetic.shape != expected:
-        raise ValueError(f"synthetic volume has shape {synthetic.shape}, expected {expected} (Z, size, size)")
     low, high = prepared.windows[window_of or prepared.reference]
     scaled = low + np.clip(synthetic.astype(np.float32), 0.0, 1.0) * (high - low)
-    on_grid = sitk.GetImageFromArray(scaled.astype(np.float32))
-    on_grid.CopyInformation(prepared.grid)
+    restored = _onto_reference(prepared, scaled)
     target = prepared.reference_image
-    restored = sitk.Resample(on_grid, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     pixel_type = target.GetPixelID()
     if pixel_type in (sitk.sitkFloat32, sitk.sitkFloat64):
         return sitk.Cast(restored, pixel_type)
@@ -330,3 +337,18 @@ def restore(prepared: PreparedStudy, synthetic: np.ndarray, *, window_of: Contra
     out = sitk.GetImageFromArray(np.clip(array, max(info.min, 0), info.max).astype(info.dtype))
     out.CopyInformation(target)
     return out
+
+
+def restore_map(prepared: PreparedStudy, values: np.ndarray) -> np.ndarray:
+    """A [Z, size, size] map (e.g. confidence in [0, 1]) onto the reference grid, values kept as they are."""
+    return sitk.GetArrayFromImage(_onto_reference(prepared, values))
+
+
+def _onto_reference(prepared: PreparedStudy, values: np.ndarray) -> sitk.Image:
+    """Float32 values on the prepared grid, resampled (linear) onto the reference series' own grid."""
+    expected = tuple(reversed(prepared.grid.GetSize()))
+    if values.shape != expected:
+        raise ValueError(f"volume has shape {values.shape}, expected {expected} (Z, size, size)")
+    on_grid = sitk.GetImageFromArray(values.astype(np.float32))
+    on_grid.CopyInformation(prepared.grid)
+    return sitk.Resample(on_grid, prepared.reference_image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)

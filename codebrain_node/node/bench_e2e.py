@@ -23,7 +23,7 @@ import pydicom
 import SimpleITK as sitk
 from sqlalchemy import func, select
 
-from codebrain_node.config import REPO_ROOT, Destination, Settings, local_node_settings
+from codebrain_node.config import Destination, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import AuditEvent, Export, Job, Series, Study, StudyState, as_utc
 from codebrain_node.engine.weights import LoadedModel, load_model
@@ -31,6 +31,7 @@ from codebrain_node.node.serve import Node
 from codebrain_node.phantom.case import PHANTOM_FILE_STEMS, make_phantom_case
 from codebrain_node.phantom.dicom_study import write_dicom_study
 from codebrain_node.receive.bench import free_port
+from codebrain_node.resources import model_config_file
 
 STORESCU = Path("/usr/bin/storescu")
 STORESCP = Path("/usr/bin/storescp")
@@ -59,7 +60,7 @@ def random_init_model(config: str, folder: Path, device: str) -> LoadedModel:
     """A random-init checkpoint of ``configs/model/<config>.toml`` (or a TOML path): timings without trained weights."""
     from codebrain_node.model import CodeBrain, ModelConfig, save_inference_checkpoint
 
-    path = Path(config) if config.endswith(".toml") else REPO_ROOT / "configs" / "model" / f"{config}.toml"
+    path = model_config_file(config)
     network = CodeBrain(ModelConfig.from_toml(path)).eval()
     checkpoint = save_inference_checkpoint(
         network, folder / "random-init.safetensors", {"model_name": f"random-{path.stem}", "model_version": "0"}

@@ -83,7 +83,7 @@ def impute_folder(
                 instances.append(outcome.instance)
         record_batch(factory, instances)
         progress(f"read {len(instances)} instance(s); {len(result.skipped_files)} file(s) skipped")
-        check_stable_studies(factory, local, [Contrast(c) for c in model.contrasts], now=utcnow() + timedelta(days=1))
+        check_stable_studies(factory, local, list(model.contrasts), now=utcnow() + timedelta(days=1))
         engine = Engine(local, factory, model=model, name="offline")
         while engine.run_once():
             progress("imputed one study")

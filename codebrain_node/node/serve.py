@@ -23,9 +23,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
-from codebrain_node.contrasts import Contrast
 from codebrain_node.db import jobs
-from codebrain_node.db.session import make_engine, session_factory, upgrade
+from codebrain_node.db.session import make_engine, session_factory, transaction, upgrade
 from codebrain_node.engine.weights import LoadedModel, model_contrasts
 from codebrain_node.engine.worker import Engine, worker_name
 from codebrain_node.export.dispatch import run_due_exports
@@ -74,7 +73,7 @@ class Node:
         """Migrate, then start each stage; the receiver last (it first files what the spool holds unrecorded)."""
         upgrade(self.db)
         contrasts = self.model.contrasts if self.model else model_contrasts(self.settings.model.weights)
-        self.scheduler = make_scheduler(self.factory, self.settings, [Contrast(c) for c in contrasts])
+        self.scheduler = make_scheduler(self.factory, self.settings, list(contrasts))
         self.scheduler.add_job(
             run_due_exports,
             "interval",
@@ -85,7 +84,8 @@ class Node:
         )
         self.scheduler.start()
         if self.engine_mode != "none":
-            jobs.requeue_orphaned_jobs(self.factory)  # this host's workers killed with the last run
+            with transaction(self.factory) as session:
+                jobs.requeue_orphaned_jobs(session)  # this host's workers killed with the last run
         self._start_engines()
         if self.review_enabled:
             from codebrain_node.review.server import ReviewServer
@@ -169,5 +169,6 @@ def run_worker(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     factory = session_factory(db)
-    jobs.requeue_orphaned_jobs(factory)  # a predecessor on this host killed mid-job: retry it now, not at lease end
+    with transaction(factory) as session:  # a predecessor on this host killed mid-job: retry it now, not at lease end
+        jobs.requeue_orphaned_jobs(session)
     Engine(settings, factory).run(stop)

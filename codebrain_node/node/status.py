@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from codebrain_node.db.models import AuditEvent, Export, ExportStatus, Job, Series, Study, as_utc, utcnow
+from codebrain_node.durations import format_age
 
 
 @dataclass
@@ -81,16 +82,6 @@ def queue_counts(session: Session) -> dict[str, int]:
 
 def recent_audit(session: Session, limit: int = 10) -> list[AuditEvent]:
     return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)))
-
-
-def format_age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
 
 
 def render(session: Session, limit: int = 50) -> str:

@@ -310,7 +310,7 @@ def create_app(
         try:
             with factory() as session, session.begin():
                 if action == "approve":
-                    approve(session, study_id, user.actor, settings, reason)
+                    approve(session, study_id, user.actor, reason)
                 else:
                     reject(session, study_id, user.actor, reason)
         except ReviewError as exc:
@@ -372,12 +372,7 @@ def _series_of_study(session: Session, study_id: int, series_id: int) -> Series:
 
 
 def _instance_paths(series: Series, settings: Settings) -> list[Path]:
-    """Instance files (relative paths are under data_dir)."""
-    paths = []
-    for instance in series.instances:
-        path = Path(instance.path)
-        paths.append(path if path.is_absolute() else Path(settings.paths.data_dir) / path)
-    return paths
+    return [instance.file_in(settings.paths.data_dir) for instance in series.instances]
 
 
 def _slice_index(geometry: render.SeriesGeometry, index: int | None, near: str | None) -> int:

@@ -27,8 +27,7 @@ from PIL import Image
 from pydicom.pixels import pixel_array
 
 from codebrain_node.imaging.series_io import frame_headers
-
-CONFIDENCE_FILE = "confidence.npy"
+from codebrain_node.write.synthetic_series import CONFIDENCE_FILE
 
 
 class RenderError(RuntimeError):

@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import AuditEvent, Export, Job, Series, Study, StudyState, as_utc, utcnow
+from codebrain_node.durations import format_age  # noqa: F401 (re-exported for the review templates)
 
 log = logging.getLogger(__name__)
 
@@ -235,14 +235,11 @@ def _require_awaiting_review(study: Study) -> None:
         raise ReviewError(f"study {study.id} is {shown}, not awaiting review")
 
 
-def approve(session: Session, key: str | int, actor: str, settings: Settings, reason: str | None = None) -> Study:
-    """AWAITING_REVIEW → APPROVED by ``actor``, then the synthetic series are scheduled for export."""
+def approve(session: Session, key: str | int, actor: str, reason: str | None = None) -> Study:
+    """AWAITING_REVIEW → APPROVED by ``actor``; the exporter picks every approved study up on its next round."""
     study = find_study(session, key, lock=True)
     _require_awaiting_review(study)
-    from codebrain_node.export.dispatch import schedule_exports  # the export stage, only when it is needed
-
     transition(session, study, S.APPROVED, actor, reason=_clean_reason(reason))
-    schedule_exports(session, study, settings)
     log.info("study %s approved by %s", study.study_instance_uid, actor)
     return study
 
@@ -254,15 +251,3 @@ def reject(session: Session, key: str | int, actor: str, reason: str | None = No
     transition(session, study, S.REJECTED, actor, reason=_clean_reason(reason))
     log.info("study %s rejected by %s", study.study_instance_uid, actor)
     return study
-
-
-def format_age(seconds: float) -> str:
-    """``42 s``, ``7 min``, ``3 h 5 min``, ``2 d 4 h``."""
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"

@@ -22,11 +22,11 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from codebrain_node.config import REPO_ROOT
 from codebrain_node.contrasts import Contrast
 from codebrain_node.imaging.series_io import frame_headers
+from codebrain_node.resources import config_file
 
-DEFAULT_RULES_FILE = REPO_ROOT / "configs" / "classify.toml"
+DEFAULT_RULES_FILE = config_file("classify.toml")
 
 #: Headers read per series: first, middle and last instance (a flag set on some images only is still seen).
 SAMPLED_INSTANCES = 3

@@ -28,6 +28,7 @@ from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.lifecycle import stable_candidates, transition
 from codebrain_node.db.models import Instance, Job, JobStatus, Series, Study, StudyState, as_utc, utcnow
+from codebrain_node.db.session import row_locks
 from codebrain_node.route.classify import Classification, RuleTable, classify_paths, load_rules, pick_inputs
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def _settle(
         query = select(Study).where(
             Study.id == study_id, Study.state == StudyState.RECEIVING, Study.last_received_at <= quiet_since
         )
-        if session.get_bind().dialect.name == "postgresql":
+        if row_locks(session):
             query = query.with_for_update(skip_locked=True)
         study = session.scalars(query).first()
         if study is None:
@@ -166,7 +167,7 @@ def classify_study(
         if series.is_synthetic:
             continue
         instances = sorted(series.instances, key=lambda i: (i.instance_number or 0, i.id))
-        paths = [_resolve(Path(instance.path), data_dir) for instance in instances]
+        paths = [instance.file_in(data_dir) for instance in instances]
         classification = classify_paths(paths, rules)
         series.contrast = classification.label
         series.classification_reason = classification.reason
@@ -216,10 +217,6 @@ def _same_job_already_done(
         if newer is None or created is None or as_utc(newer) <= created:
             return job.id
     return None
-
-
-def _resolve(path: Path, data_dir: Path) -> Path:
-    return path if path.is_absolute() else data_dir / path
 
 
 def _check_and_log(

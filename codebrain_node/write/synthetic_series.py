@@ -37,6 +37,7 @@ rename, so a crash never leaves a half-written instance that looks complete.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -100,6 +101,34 @@ COMMENT = (
 CONFIDENCE_FILE = "confidence.npy"
 
 
+@dataclass(frozen=True)
+class WrittenInstance:
+    """One file the writer made, with what the database records of it (no need to read it back)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    instance_number: int
+    path: Path
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class WrittenSeries:
+    """One synthetic series as written: its identity and its instances in slice order."""
+
+    contrast: Contrast
+    series_instance_uid: str
+    series_number: int
+    series_description: str
+    frame_of_reference_uid: str | None
+    instances: list[WrittenInstance]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [instance.path for instance in self.instances]
+
+
 def write_synthetic_series(
     reference: list[Dataset],
     pixels: np.ndarray,
@@ -110,12 +139,12 @@ def write_synthetic_series(
     out_dir: Path,
     series_number: int | None = None,
     confidence: np.ndarray | None = None,
-) -> list[Path]:
+) -> WrittenSeries:
     """Write ``pixels`` [Z, Rows, Cols] (reference grid, stored intensities) as one synthetic MR series.
 
     ``reference`` are the reference series' datasets sorted along the slice normal (slice ``z`` of ``pixels``
     lies on ``reference[z]``); ``sources`` the input series used, any order. ``confidence`` [Z, Rows, Cols] in
-    [0, 1] (optional) is summarised per slice in Image Comments. Returns the written paths in slice order.
+    [0, 1] (optional) is summarised per slice in Image Comments. Returns what was written, in slice order.
     """
     volume = _checked_volume(reference, pixels)
     contrast = Contrast(contrast)
@@ -129,7 +158,7 @@ def write_synthetic_series(
 
     target_dir = Path(out_dir) / series_uid
     make_dirs_durably(target_dir)
-    paths = []
+    instances = []
     for index, (ref, plane) in enumerate(zip(reference, volume, strict=True)):
         ds = _instance(
             ref,
@@ -147,11 +176,28 @@ def write_synthetic_series(
         _set_pixels(ds, plane, center, width)
         if confidence is not None:
             ds.ImageComments += f" Mean model confidence on this slice: {float(np.mean(confidence[index])):.3f}."
-        paths.append(_write_atomically(ds, target_dir))
+        path = _write_atomically(ds, target_dir)
+        instances.append(
+            WrittenInstance(
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                sop_class_uid=str(ds.SOPClassUID),
+                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                instance_number=int(ds.InstanceNumber),
+                path=path,
+                size_bytes=path.stat().st_size,
+            )
+        )
     if confidence is not None:
         save_confidence_map(confidence, target_dir)
     fsync_directory(target_dir)
-    return paths
+    return WrittenSeries(
+        contrast=contrast,
+        series_instance_uid=series_uid,
+        series_number=number,
+        series_description=str(ds.SeriesDescription),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")) or None,
+        instances=instances,
+    )
 
 
 def save_confidence_map(confidence: np.ndarray, series_dir: Path) -> Path:

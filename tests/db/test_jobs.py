@@ -18,6 +18,13 @@ from codebrain_node.db.jobs import (
     requeue_expired_leases,
 )
 from codebrain_node.db.models import utcnow
+from codebrain_node.db.session import transaction
+
+
+def step(factory, queue_function, *args, **kwargs):
+    """One queue call in its own transaction, as the engine makes it."""
+    with transaction(factory) as session:
+        return queue_function(session, *args, **kwargs)
 
 
 def queue_jobs(factory, count: int, max_attempts: int = 2) -> list[int]:
@@ -56,20 +63,20 @@ def factory(request: pytest.FixtureRequest):
 
 def test_claim_takes_oldest_and_moves_study_to_imputing(factory) -> None:
     first, second = queue_jobs(factory, 2)
-    job = claim_next_job(factory, "w1")
+    job = step(factory, claim_next_job, "w1")
     assert job is not None and job.id == first
     assert (job.status, job.attempts, job.worker) == (JobStatus.RUNNING, 1, "w1")
     assert job.inputs == {"T1": "1.2.999.0.1"} and job.claimed_at is not None
     assert job_and_study(factory, first)[1] is StudyState.IMPUTING
-    assert claim_next_job(factory, "w2").id == second
-    assert claim_next_job(factory, "w3") is None
+    assert step(factory, claim_next_job, "w2").id == second
+    assert step(factory, claim_next_job, "w3") is None
 
 
 def test_inconsistent_job_is_failed_not_wedging_the_queue(factory) -> None:
     stray, good = queue_jobs(factory, 2)
     with factory() as session, session.begin():
         session.get(Job, stray).study.state = StudyState.IGNORED
-    assert claim_next_job(factory, "w1").id == good
+    assert step(factory, claim_next_job, "w1").id == good
     job, study_state = job_and_study(factory, stray)
     assert (job.status, study_state) == (JobStatus.FAILED, StudyState.IGNORED)
     assert "not queued" in job.error
@@ -77,10 +84,10 @@ def test_inconsistent_job_is_failed_not_wedging_the_queue(factory) -> None:
 
 def test_finish_records_timings_and_writes_study(factory) -> None:
     (job_id,) = queue_jobs(factory, 1)
-    claim_next_job(factory, "w1")
-    assert heartbeat(factory, job_id, "w1")
-    assert not heartbeat(factory, job_id, "someone-else")
-    finish_job(factory, job_id, {"model_s": 1.5, "write_s": 0.25}, "codebrain-small 0.1", worker_id="w1")
+    step(factory, claim_next_job, "w1")
+    assert step(factory, heartbeat, job_id, "w1")
+    assert not step(factory, heartbeat, job_id, "someone-else")
+    step(factory, finish_job, job_id, {"model_s": 1.5, "write_s": 0.25}, "codebrain-small 0.1", worker_id="w1")
     job, study_state = job_and_study(factory, job_id)
     assert (job.status, job.timings, job.model_name) == (
         JobStatus.DONE,
@@ -89,36 +96,36 @@ def test_finish_records_timings_and_writes_study(factory) -> None:
     )
     assert job.finished_at is not None
     assert study_state is StudyState.WRITTEN
-    assert not heartbeat(factory, job_id)
+    assert not step(factory, heartbeat, job_id)
     with pytest.raises(LeaseLostError):
-        finish_job(factory, job_id, {}, "again")
+        step(factory, finish_job, job_id, {}, "again")
 
 
 def test_fail_retries_then_fails_with_reason(factory) -> None:
     (job_id,) = queue_jobs(factory, 1, max_attempts=2)
-    claim_next_job(factory, "w1")
-    assert fail_job(factory, job_id, "RuntimeError: CUDA out of memory") is JobStatus.QUEUED
+    step(factory, claim_next_job, "w1")
+    assert step(factory, fail_job, job_id, "RuntimeError: CUDA out of memory") is JobStatus.QUEUED
     job, study_state = job_and_study(factory, job_id)
     assert (job.status, job.attempts, job.worker, study_state) == (JobStatus.QUEUED, 1, None, StudyState.QUEUED)
     assert job.error == "RuntimeError: CUDA out of memory"
 
-    again = claim_next_job(factory, "w2")
+    again = step(factory, claim_next_job, "w2")
     assert again.id == job_id and again.attempts == 2
-    assert fail_job(factory, job_id, "ValueError: bad series") is JobStatus.FAILED
+    assert step(factory, fail_job, job_id, "ValueError: bad series") is JobStatus.FAILED
     job, study_state = job_and_study(factory, job_id)
     assert (job.status, study_state) == (JobStatus.FAILED, StudyState.FAILED)
-    assert claim_next_job(factory, "w3") is None
+    assert step(factory, claim_next_job, "w3") is None
     with factory() as session:
         failed = session.scalars(select(AuditEvent).where(AuditEvent.action == "state:failed")).one()
     assert "failed after 2 attempts: ValueError: bad series" in failed.details["reason"]
     # A late report from a worker that lost the job changes nothing.
-    assert fail_job(factory, job_id, "late") is JobStatus.FAILED
+    assert step(factory, fail_job, job_id, "late") is JobStatus.FAILED
 
 
 def test_unusable_inputs_fail_at_once(factory) -> None:
     (job_id,) = queue_jobs(factory, 1, max_attempts=3)
-    claim_next_job(factory, "w1")
-    assert fail_job(factory, job_id, "T2 series #3: 2 echo times", permanent=True) is JobStatus.FAILED
+    step(factory, claim_next_job, "w1")
+    assert step(factory, fail_job, job_id, "T2 series #3: 2 echo times", permanent=True) is JobStatus.FAILED
     job, study_state = job_and_study(factory, job_id)
     assert (job.status, job.attempts, study_state) == (JobStatus.FAILED, 1, StudyState.FAILED)
     with factory() as session:
@@ -128,21 +135,21 @@ def test_unusable_inputs_fail_at_once(factory) -> None:
 
 def test_expired_lease_is_requeued_as_a_failed_attempt(factory) -> None:
     alive, dead = queue_jobs(factory, 2, max_attempts=2)
-    claim_next_job(factory, "alive")
-    claim_next_job(factory, "dead")
+    step(factory, claim_next_job, "alive")
+    step(factory, claim_next_job, "dead")
     later = utcnow() + timedelta(seconds=100)
     with factory() as session, session.begin():
         session.get(Job, alive).heartbeat_at = later  # the live worker keeps beating
-    assert requeue_expired_leases(factory, lease_timeout_s=60, now=later) == [dead]
+    assert step(factory, requeue_expired_leases, lease_timeout_s=60, now=later) == [dead]
     job, study_state = job_and_study(factory, dead)
     assert (job.status, study_state) == (JobStatus.QUEUED, StudyState.QUEUED)
     assert job.error.startswith("lease expired: worker dead silent for")
     assert job_and_study(factory, alive)[0].status is JobStatus.RUNNING
     # The dead worker's late result is refused; the next claimer runs it (last attempt), dies too -> FAILED.
     with pytest.raises(LeaseLostError):
-        finish_job(factory, dead, {}, "m", worker_id="dead")
-    assert claim_next_job(factory, "other").id == dead
-    assert requeue_expired_leases(factory, 60, now=utcnow() + timedelta(seconds=200)) == [alive, dead]
+        step(factory, finish_job, dead, {}, "m", worker_id="dead")
+    assert step(factory, claim_next_job, "other").id == dead
+    assert step(factory, requeue_expired_leases, 60, now=utcnow() + timedelta(seconds=200)) == [alive, dead]
     assert job_and_study(factory, dead)[0].status is JobStatus.FAILED
     assert job_and_study(factory, dead)[1] is StudyState.FAILED
     assert job_and_study(factory, alive)[0].status is JobStatus.QUEUED  # its first attempt: retried
@@ -160,9 +167,9 @@ def test_postgres_concurrent_claimers_never_share_a_job(postgres_engine: Engine)
     def claimer(name: str) -> None:
         try:
             start.wait(timeout=30)
-            while (job := claim_next_job(factory, name)) is not None:
+            while (job := step(factory, claim_next_job, name)) is not None:
                 claimed[name].append(job.id)
-                finish_job(factory, job.id, {"model_s": 0.0}, "test", worker_id=name)
+                step(factory, finish_job, job.id, {"model_s": 0.0}, "test", worker_id=name)
         except BaseException as exc:  # reported below: a thread's failure must fail the test
             errors.append(exc)
 

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from test_jobs import factory, job_and_study, queue_jobs  # noqa: F401 (fixture)
+from test_jobs import factory, job_and_study, queue_jobs, step  # noqa: F401 (fixture)
 
 from codebrain_node.db import JobStatus, StudyState
 from codebrain_node.db.jobs import claim_next_job, local_worker_is_dead, requeue_orphaned_jobs
@@ -33,8 +33,8 @@ def test_jobs_of_dead_local_workers_are_requeued_as_a_failed_attempt(factory) ->
     orphaned, alive, unknown = queue_jobs(factory, 3, max_attempts=2)
     host = socket.gethostname()
     for worker in (f"{host}:{_dead_pid()}:7", f"{host}:{os.getpid()}:7", "elsewhere:1:1"):
-        assert claim_next_job(factory, worker) is not None
-    assert requeue_orphaned_jobs(factory) == [orphaned]
+        assert step(factory, claim_next_job, worker) is not None
+    assert step(factory, requeue_orphaned_jobs) == [orphaned]
     job, state = job_and_study(factory, orphaned)
     assert (job.status, job.attempts, state) == (JobStatus.QUEUED, 1, StudyState.QUEUED)
     assert "died" in job.error

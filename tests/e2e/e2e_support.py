@@ -31,13 +31,13 @@ from codebrain_node.model import CodeBrain, ModelConfig, save_inference_checkpoi
 from codebrain_node.phantom.case import make_phantom_case
 from codebrain_node.phantom.dicom_study import SeriesLayout, write_dicom_study
 from codebrain_node.receive.bench import free_port
+from codebrain_node.resources import model_config_file
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 STORESCU = Path("/usr/bin/storescu")
 STORESCP = Path("/usr/bin/storescp")
 ECHOSCU = Path("/usr/bin/echoscu")
 DCIODVFY = Path("/usr/bin/dciodvfy")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SCANNER_AE = "STORESCU"
 NODE_AE = "CODEBRAIN"
@@ -88,7 +88,7 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init inference checkpoint of the small config, narrowed (no trained weights are needed)."""
-    base = ModelConfig.from_toml(REPO_ROOT / "configs" / "model" / "small.toml").to_dict()
+    base = ModelConfig.from_toml(model_config_file("small")).to_dict()
     cfg = ModelConfig.from_dict({**base, **TINY_OVERRIDES})
     path = tmp_path_factory.mktemp("weights") / "test-random.safetensors"
     torch_seeded = CodeBrain(cfg).eval()

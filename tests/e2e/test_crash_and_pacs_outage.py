@@ -32,7 +32,6 @@ from codebrain_node.db.session import make_engine, session_factory
 from codebrain_node.node.serve import Node
 from codebrain_node.receive.bench import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Longer than a node restart (Python, torch, migrations) on a loaded 2-core machine, so the study cannot be
 #: settled between the kill and the second half of the study.
 CRASH_QUIET_PERIOD_S = 10.0
@@ -74,7 +73,7 @@ class NodeProcess:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "codebrain_node", "--config", str(self.config), "serve"],
-            cwd=REPO_ROOT,
+            cwd=self.config.parent,  # not the checkout: the node finds its files in the package
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -19,7 +19,7 @@ from codebrain_node.config import Settings, load_settings
 from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import Instance, Job, JobStatus, Series, Study, StudyState, utcnow
 from codebrain_node.review.auth import hash_password
-from codebrain_node.review.render import CONFIDENCE_FILE
+from codebrain_node.write.synthetic_series import CONFIDENCE_FILE
 
 PASSWORDS = {"alice": "correct horse battery", "victor": "viewer password 1"}
 SLICES = 6

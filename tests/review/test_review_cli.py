@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from codebrain_node.cli import app
 from codebrain_node.config import load_settings
-from codebrain_node.db.models import AuditEvent, Export, Study, StudyState
+from codebrain_node.db.models import AuditEvent, Export, ExportStatus, Study, StudyState
+from codebrain_node.export.dispatch import run_due_exports
 
 
 def config_for(seeded: Seeded, tmp_path: Path, destinations: str = "") -> Path:
@@ -44,7 +45,9 @@ def test_list_and_show_keep_patient_details_out_unless_asked(seeded: Seeded, tmp
     assert "state:awaiting_review" in shown.output and "Doe" not in shown.output
 
 
-def test_approve_from_the_cli_schedules_exports_and_reject_refuses_afterwards(seeded: Seeded, tmp_path: Path) -> None:
+def test_approve_from_the_cli_hands_the_study_to_the_exporter_then_reject_is_refused(
+    seeded: Seeded, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     destinations = f'[[export.destinations]]\nname = "archive"\nkind = "folder"\npath = "{out}"\n'
     config = str(config_for(seeded, tmp_path, destinations))
@@ -55,8 +58,13 @@ def test_approve_from_the_cli_schedules_exports_and_reject_refuses_afterwards(se
     assert approved.exit_code == 0, approved.output
     with seeded.factory() as session:
         assert StudyState(session.get(Study, seeded.study_id).state) is StudyState.APPROVED
+        assert session.scalars(select(Export)).all() == []  # the exporter alone schedules exports
+    run_due_exports(seeded.factory, load_settings(Path(config)))
+    with seeded.factory() as session:
         exports = session.scalars(select(Export)).all()
-        assert [(e.series_id, e.destination) for e in exports] == [(seeded.synthetic_series_id, "archive")]
+        assert [(e.series_id, e.destination, e.status) for e in exports] == [
+            (seeded.synthetic_series_id, "archive", ExportStatus.SENT)
+        ]
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "state:approved")).one()
         assert event.actor == "user:dr-who" and event.details["reason"] == "ok"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEBRAIN_")}
@@ -69,7 +77,7 @@ def test_approve_from_the_cli_schedules_exports_and_reject_refuses_afterwards(se
         timeout=120,
     )
     assert refused.returncode == 1
-    assert refused.stderr.strip() == f"error: study {seeded.study_id} is approved, sending, not awaiting review"
+    assert refused.stderr.strip() == f"error: study {seeded.study_id} is approved and sent, not awaiting review"
 
 
 def test_hash_password_prints_a_config_table_that_loads(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select
 from codebrain_node.config import ConfigError, Destination, ReviewSettings, load_settings
 from codebrain_node.db.models import AuditEvent, Export, Study, StudyState, utcnow
 from codebrain_node.db.session import session_factory, upgrade
+from codebrain_node.export.dispatch import run_due_exports
 from codebrain_node.review import auth, render
 from codebrain_node.review.worklist import ReviewError, approve, list_worklist, reject, status_of, study_detail
 
@@ -93,8 +94,9 @@ def test_worklist_search_and_actions_on_postgresql(postgres_engine: Engine, tmp_
     with factory() as session:
         assert [row.id for row in list_worklist(session, "awaiting_review", "t2w", "roe")] == [roe.study_id]
     with factory() as session, session.begin():
-        approve(session, doe.study_id, "user:alice", settings, "fine")
+        approve(session, doe.study_id, "user:alice", "fine")
         reject(session, roe.study_uid, "user:alice", "artefact")
+    run_due_exports(factory, settings)  # the exporter sends what was approved, and only that
     with factory() as session:
         exports = session.scalars(select(Export)).all()
         assert [(e.series_id, e.destination) for e in exports] == [(doe.synthetic_series_id, "archive")]

@@ -72,10 +72,10 @@ def test_train_config_stage_tables_override_and_typos_are_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["tiny", "default", "cpu_brats", "cpu_ablation"])
 def test_shipped_train_configs_parse(name):
-    from training.train import REPO_ROOT
+    from codebrain_node.resources import config_file
 
     for stage in (1, 2, "direct"):
-        cfg = TrainConfig.from_toml(REPO_ROOT / "configs" / "train" / f"{name}.toml", stage)
+        cfg = TrainConfig.from_toml(config_file("train", f"{name}.toml"), stage)
         assert cfg.lambda_missing == 20.0 and cfg.lambda_available == 5.0
 
 

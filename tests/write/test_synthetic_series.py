@@ -31,7 +31,7 @@ def written(tmp_path_factory: pytest.TempPathFactory):
     pixels[1, 0, 0] = np.nan
     confidence = np.full((6, 16, 12), 0.8)
     out_dir = tmp_path_factory.mktemp("synthetic")
-    paths = write_synthetic_series(
+    series = write_synthetic_series(
         reference,
         pixels,
         Contrast.T1GD,
@@ -42,7 +42,32 @@ def written(tmp_path_factory: pytest.TempPathFactory):
         series_number=1021,
         confidence=confidence,
     )
-    return {"reference": reference, "t2": t2, "pixels": pixels, "paths": paths, "out_dir": out_dir}
+    return {
+        "reference": reference,
+        "t2": t2,
+        "pixels": pixels,
+        "paths": series.paths,
+        "series": series,
+        "out_dir": out_dir,
+    }
+
+
+def test_the_writer_reports_what_it_wrote(written) -> None:
+    """The database records these values without reading the files back: they must be the files' own."""
+    series = written["series"]
+    assert series.contrast is Contrast.T1GD and series.series_number == 1021
+    for instance in series.instances:
+        ds = pydicom.dcmread(instance.path, stop_before_pixels=True)
+        assert ds.SeriesInstanceUID == series.series_instance_uid
+        assert ds.SeriesDescription == series.series_description
+        assert ds.FrameOfReferenceUID == series.frame_of_reference_uid
+        assert (ds.SOPInstanceUID, ds.SOPClassUID, ds.InstanceNumber) == (
+            instance.sop_instance_uid,
+            instance.sop_class_uid,
+            instance.instance_number,
+        )
+        assert ds.file_meta.TransferSyntaxUID == instance.transfer_syntax_uid
+        assert instance.path.stat().st_size == instance.size_bytes
 
 
 def test_one_instance_per_reference_slice_in_one_new_series(written) -> None:
@@ -54,7 +79,7 @@ def test_one_instance_per_reference_slice_in_one_new_series(written) -> None:
     assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
     assert {ds.SOPInstanceUID for ds in datasets}.isdisjoint(ds.SOPInstanceUID for ds in reference)
     assert all(path.parent == written["out_dir"] / datasets[0].SeriesInstanceUID for path in paths)
-    assert not list(written["out_dir"].rglob("*.partial"))
+    assert not list(written["out_dir"].rglob("*.part"))
     assert [ds.InstanceNumber for ds in datasets] == list(range(1, len(paths) + 1))
     assert {ds.SOPClassUID for ds in datasets} == {pydicom.uid.MRImageStorage}
     assert {str(ds.file_meta.TransferSyntaxUID) for ds in datasets} == {pydicom.uid.ExplicitVRLittleEndian}
@@ -231,7 +256,7 @@ def test_written_on_a_phantom_study_passes_dciodvfy(tmp_path: Path) -> None:
         "0.1.0",
         {Contrast.T1: reference, Contrast.T2: t2},
         tmp_path / "out",
-    )
+    ).paths
     assert len(paths) == len(reference)
     for path in paths:
         assert _dciodvfy_errors(path) == [], path

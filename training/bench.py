@@ -1,11 +1,12 @@
-"""Model-side benchmarks behind ``codebrain-node bench inference|train``: throughput of the real network on random
-tensors, beside its parameter count.
+"""Model benchmarks behind ``codebrain-node bench inference|train``: throughput of the real network on random
+tensors, beside its parameter count. They live with the trainer, which owns the training step they time.
 
 Inference is what the engine runs: ``model.impute`` (prior encoder + E_c + decoder, no posterior encoder) on a
 batch of slices with one contrast missing, under inference_mode, channels_last, bf16 autocast on CUDA. Training
-is one optimiser step as the trainer takes it: Stage I = a PatchGAN discriminator step and a generator step
-(PSNR reconstruction loss λ_missing=20 / λ_available=5 + LSGAN), Stage II = frozen posterior targets + grading
-loss on the prior. Weights are random: throughput does not depend on their values.
+is the trainer's own ``train_step`` (``training/stage1.py``, ``training/stage2.py``) with the shipped default
+recipe (``configs/train/default.toml``: optimisers, betas, loss weights, GAN weight, discriminator): Stage I at a
+step where the GAN term is on (generator + discriminator updates), Stage II the grading loss on the prior.
+Augmentation and data loading are not timed. Weights are random: throughput does not depend on their values.
 """
 
 from __future__ import annotations
@@ -13,21 +14,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from codebrain_node.model import (
-    CodeBrain,
-    DirectRegression,
-    ModelConfig,
-    PatchDiscriminator,
-    discriminator_loss,
-    generator_adversarial_loss,
-    grading_loss,
-)
+from codebrain_node.model import CodeBrain, DirectRegression, ModelConfig
 from codebrain_node.model.codebrain import inference_settings
+from codebrain_node.resources import config_file
+from training.loop import Distributed
+from training.stage1 import Stage1Task
+from training.stage2 import Stage2Task
+from training.train_config import TrainConfig
 
 
 @contextmanager
@@ -127,12 +126,6 @@ def bench_inference(
     return result
 
 
-def _psnr_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Negative PSNR per (sample, contrast) with data range 1: ``10·log10(MSE)``."""
-    mse = (recon.float() - target.float()).pow(2).mean(dim=(2, 3))
-    return 10.0 * torch.log10(mse + 1e-8)
-
-
 def bench_train(
     cfg: ModelConfig,
     device: str | torch.device = "cpu",
@@ -144,61 +137,31 @@ def bench_train(
     warmup: int = 1,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Optimiser steps per second of Stage I (reconstruction + GAN) or Stage II (grading)."""
+    """Optimiser steps per second of the trainer's Stage I (reconstruction + GAN) or Stage II (grading) step."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     device = torch.device(device)
-    model = CodeBrain(cfg).to(device).train()
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    recipe = replace(TrainConfig.from_toml(config_file("train", "default.toml"), stage), batch_size=batch)
+    dist = Distributed(device=device)
+    model = CodeBrain(cfg)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    data = _random_batch(cfg, batch, size, device)
-    images, available, context = data["images"], data["available"], data["context"]
-    missing_weight = 20.0 * (~available).float() + 5.0 * available.float()
+    task = Stage1Task(model, recipe, dist) if stage == 1 else Stage2Task(model, recipe, dist)
+    images = _random_batch(cfg, batch, size, device)
+    train_batch = {"image": images["images"], "context": images["context"]}
+    generator = torch.Generator().manual_seed(0)
+    step_index = recipe.gan_start_step if stage == 1 else 0  # Stage I with its GAN term on, as most steps are
 
-    def autocast() -> torch.autocast:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    def step() -> None:
+        task.train_step(train_batch, step_index, generator)
 
-    if stage == 1:
-        disc = PatchDiscriminator(cfg.num_contrasts, dim=cfg.discriminator_dim).to(device)
-        opt_g = torch.optim.AdamW(model.stage1_parameters(), lr=1e-4, betas=(0.9, 0.9))
-        opt_d = torch.optim.AdamW(disc.parameters(), lr=5e-5, betas=(0.5, 0.9))
-        condition = images * available.view(batch, -1, 1, 1)
-
-        def step() -> None:
-            with autocast():
-                recon = model.stage1_forward(images, available, context)["recon"]
-                composed = torch.where(available.view(batch, -1, 1, 1), images, recon)
-                d_loss = discriminator_loss(disc(images, condition), disc(composed.detach(), condition), available)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            with autocast():
-                g_loss = (_psnr_loss(recon, images) * missing_weight).mean()
-                g_loss = g_loss + 0.1 * generator_adversarial_loss(disc(composed, condition))
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-
-        trained = sum(p.numel() for p in model.stage1_parameters()) + sum(p.numel() for p in disc.parameters())
-    else:
-        opt_p = torch.optim.AdamW(model.prior_parameters(), lr=1e-4, betas=(0.9, 0.9))
-
-        def step() -> None:
-            with autocast():
-                targets = model.code_levels(images, context)
-                loss = grading_loss(model.prior_logits(images, available, context), targets, cfg.levels, cfg.grading)
-            opt_p.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_p.step()
-
-        trained = sum(p.numel() for p in model.prior_parameters())
+    trained = sum(p.numel() for module in task.modules.values() for p in module.parameters() if p.requires_grad)
     with _threads(threads):
         seconds, cpu_seconds = _timed(step, device, steps, warmup)
         result = _describe(cfg, model, device, batch, size)
     result.update(
         stage=stage,
-        precision="bf16" if bf16 else "fp32",
+        precision="bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32",
         params_trained=trained,
         seconds_per_step=seconds,
         cpu_seconds_per_step=cpu_seconds,
