@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -106,23 +107,73 @@ class RoutingSettings(_Section):
         return value
 
 
-class Destination(_Section):
+#: A DICOM Application Entity title (PS3.5 §6.2, VR AE): 1 to 16 printable characters, not only spaces.
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
+
+
+class DestinationSettingsBase(_Section):
+    """What every ``[[export.destinations]]`` entry has. Each kind subclasses it with ``kind: Literal[...]`` and
+    its own required fields, so a missing field is an error when the config is loaded, not at the first export.
+
+    A new kind: a model here, listed in :data:`DestinationSettings`, and one file in ``export/`` that registers
+    its destination class for that model (``@register(TheModel)`` in ``export/base.py``)."""
+
+    #: What Export rows refer to; unique among the destinations.
     name: Annotated[str, Field(min_length=1)]
-    kind: Literal["dicom", "folder"]
-    ae_title: str = ""
-    host: str = ""
-    port: Annotated[int, Field(ge=0, le=65535)] = 0
-    path: Path | None = None
+    kind: str
+
+
+class DicomDestinationSettings(DestinationSettingsBase):
+    """A DICOM peer we send to with C-STORE (PS3.4 Annex B, Storage Service Class; we are the SCU)."""
+
+    kind: Literal["dicom"] = "dicom"
+    #: The peer's (called) AE title.
+    ae_title: AETitle
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+
+class FolderDestinationSettings(DestinationSettingsBase):
+    """A folder the series' files are written under, as ``path/<StudyInstanceUID>/<SeriesInstanceUID>/``."""
+
+    kind: Literal["folder"] = "folder"
+    path: Path
+
+
+#: One ``[[export.destinations]]`` entry: the model is chosen by ``kind`` (a pydantic discriminated union), so
+#: errors name the kind, e.g. ``export.destinations.0.dicom.host: Field required``.
+DestinationSettings = Annotated[DicomDestinationSettings | FolderDestinationSettings, Field(discriminator="kind")]
+
+_DESTINATION_ADAPTER: TypeAdapter[DicomDestinationSettings | FolderDestinationSettings] = TypeAdapter(
+    DestinationSettings
+)
+
+
+def Destination(**values: Any) -> DicomDestinationSettings | FolderDestinationSettings:
+    """The settings model of ``values["kind"]``, validated: ``Destination(name="x", kind="folder", path=p)``.
+
+    Kept so older call sites still build; new code names the model (``FolderDestinationSettings(...)``)."""
+    return _DESTINATION_ADAPTER.validate_python(values)
 
 
 class ExportSettings(_Section):
     #: ``auto`` sends on completion; ``review`` waits for a radiologist's approval.
     policy: Literal["auto", "review"] = "auto"
-    calling_ae_title: Annotated[str, Field(min_length=1, max_length=16)] = "CODEBRAIN"
+    calling_ae_title: AETitle = "CODEBRAIN"
     max_attempts: Annotated[int, Field(ge=1)] = 8
     backoff_initial_s: Annotated[float, Field(gt=0)] = 5.0
     backoff_max_s: Annotated[float, Field(gt=0)] = 900.0
-    destinations: list[Destination] = Field(default_factory=list)
+    destinations: list[DestinationSettings] = Field(default_factory=list)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[DestinationSettingsBase]) -> list[DestinationSettingsBase]:
+        """Export rows are keyed by (series, destination name): two entries of one name would be one row."""
+        names = [entry.name for entry in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"destination names must be unique: {', '.join(map(repr, repeated))} repeated")
+        return value
 
 
 class ModelSettings(_Section):
@@ -262,7 +313,7 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
 def local_node_settings(
     settings: Settings,
     data_dir: Path,
-    destination: Destination,
+    destination: DestinationSettings,
     *,
     quiet_period_s: float,
     callers: list[str] | None = None,
@@ -362,11 +413,13 @@ def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
     """One line per problem, naming the dotted key and where its value came from."""
     lines = []
     for error in exc.errors():
-        parts = [str(p) for p in error["loc"] if not isinstance(p, int)]
-        key = ".".join(parts)
+        key = ".".join(str(p) for p in error["loc"])  # list indices too: export.destinations.0.dicom.host
         source = sources.get(key) or _source_of_parent(key, sources)
         where = f" ({source})" if source else ""
         message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
-        got = "" if error["type"] in ("extra_forbidden", "missing") else f", got {error.get('input')!r}"
+        value = error.get("input")
+        # a whole table or list (a destination entry, say) is not echoed: it is long and may hold a secret
+        quiet = error["type"] in ("extra_forbidden", "missing") or isinstance(value, Mapping | list)
+        got = "" if quiet else f", got {value!r}"
         lines.append(f"{key}{where}: {message}{got}")
     return "; ".join(lines)

@@ -20,11 +20,11 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from codebrain_node.config import Destination as DestinationSettings
 from codebrain_node.config import Settings
 from codebrain_node.db.lifecycle import audit, transition
 from codebrain_node.db.models import (
@@ -39,9 +39,7 @@ from codebrain_node.db.models import (
     utcnow,
 )
 from codebrain_node.db.session import transaction
-from codebrain_node.export.base import DeliveryError, Destination
-from codebrain_node.export.folder import FolderDestination
-from codebrain_node.export.scu import DicomDestination
+from codebrain_node.export.base import DeliveryError, Destination, destination_class
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +47,12 @@ ACTOR = "exporter"
 Clock = Callable[[], datetime]
 
 
-def build_destinations(settings: Settings) -> dict[str, Destination]:
-    """The configured destinations by name (one class per kind)."""
-    built: dict[str, Destination] = {}
-    for entry in settings.export.destinations:
-        built[entry.name] = _build(entry, settings)
-    return built
-
-
-def _build(entry: DestinationSettings, settings: Settings) -> Destination:
-    if entry.kind == "folder":
-        if entry.path is None:
-            raise ValueError(f"export destination {entry.name!r}: kind folder needs a path")
-        return FolderDestination(entry.name, entry.path)
-    if not (entry.ae_title and entry.host and entry.port):
-        raise ValueError(f"export destination {entry.name!r}: kind dicom needs ae_title, host and port")
-    return DicomDestination(
-        entry.name,
-        entry.ae_title,
-        entry.host,
-        entry.port,
-        settings.export.calling_ae_title,
-        timeout_s=settings.dicom.network_timeout_s,
-    )
+def build_destinations(settings: Settings) -> dict[str, Destination[Any]]:
+    """The configured destinations by name, each built by the class registered for its ``kind``."""
+    return {
+        entry.name: destination_class(entry.kind).from_settings(entry, settings)
+        for entry in settings.export.destinations
+    }
 
 
 def backoff_s(attempts: int, initial_s: float, max_s: float) -> float:
@@ -110,7 +91,7 @@ def run_due_exports(
     settings: Settings,
     *,
     now: Clock = utcnow,
-    destinations: Mapping[str, Destination] | None = None,
+    destinations: Mapping[str, Destination[Any]] | None = None,
 ) -> int:
     """Send every export that is due; returns how many were delivered. ``now`` lets tests drive the clock."""
     targets = dict(destinations) if destinations is not None else build_destinations(settings)
@@ -161,7 +142,7 @@ def _claim(
         return export.destination, files, export.series.study_id
 
 
-def _deliver(destination: Destination | None, name: str, files: list[Path]) -> str | None:
+def _deliver(destination: Destination[Any] | None, name: str, files: list[Path]) -> str | None:
     """None when delivered, else the reason (never patient data)."""
     if destination is None:
         return f"destination {name!r} is not configured"

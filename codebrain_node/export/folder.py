@@ -8,16 +8,20 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+from codebrain_node.config import FolderDestinationSettings, Settings
 from codebrain_node.durable import durable_file
-from codebrain_node.export.base import DeliveryError, Destination
+from codebrain_node.export.base import DeliveryError, Destination, register
 
 
-class FolderDestination(Destination):
-    kind = "folder"
-
+@register(FolderDestinationSettings)
+class FolderDestination(Destination[FolderDestinationSettings]):
     def __init__(self, name: str, path: Path) -> None:
         super().__init__(name)
         self.path = Path(path)
+
+    @classmethod
+    def from_settings(cls, entry: FolderDestinationSettings, settings: Settings) -> FolderDestination:
+        return cls(entry.name, entry.path)
 
     def send(self, files: Sequence[Path]) -> None:
         try:

@@ -17,7 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from codebrain_node.export.base import DeliveryError, Destination
+from codebrain_node.config import DicomDestinationSettings, Settings
+from codebrain_node.export.base import DeliveryError, Destination, register
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,8 @@ def _pause_reactor(assoc: Association, timeout_s: float = 5.0) -> None:
         time.sleep(0.0005)
 
 
-class DicomDestination(Destination):
-    kind = "dicom"
-
+@register(DicomDestinationSettings)
+class DicomDestination(Destination[DicomDestinationSettings]):
     def __init__(
         self,
         name: str,
@@ -59,6 +59,18 @@ class DicomDestination(Destination):
         self.ae_title, self.host, self.port = ae_title, host, port
         self.calling_ae_title = calling_ae_title
         self.timeout_s = timeout_s
+
+    @classmethod
+    def from_settings(cls, entry: DicomDestinationSettings, settings: Settings) -> DicomDestination:
+        """Our calling AE title is node-wide (``export.calling_ae_title``); so is the network timeout."""
+        return cls(
+            entry.name,
+            entry.ae_title,
+            entry.host,
+            entry.port,
+            settings.export.calling_ae_title,
+            timeout_s=settings.dicom.network_timeout_s,
+        )
 
     def send(self, files: Sequence[Path]) -> None:
         datasets = [dcmread(path) for path in files]
