@@ -20,7 +20,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -143,17 +142,6 @@ class FolderDestinationSettings(DestinationSettingsBase):
 #: One ``[[export.destinations]]`` entry: the model is chosen by ``kind`` (a pydantic discriminated union), so
 #: errors name the kind, e.g. ``export.destinations.0.dicom.host: Field required``.
 DestinationSettings = Annotated[DicomDestinationSettings | FolderDestinationSettings, Field(discriminator="kind")]
-
-_DESTINATION_ADAPTER: TypeAdapter[DicomDestinationSettings | FolderDestinationSettings] = TypeAdapter(
-    DestinationSettings
-)
-
-
-def Destination(**values: Any) -> DicomDestinationSettings | FolderDestinationSettings:
-    """The settings model of ``values["kind"]``, validated: ``Destination(name="x", kind="folder", path=p)``.
-
-    Kept so older call sites still build; new code names the model (``FolderDestinationSettings(...)``)."""
-    return _DESTINATION_ADAPTER.validate_python(values)
 
 
 class ExportSettings(_Section):

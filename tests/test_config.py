@@ -10,7 +10,7 @@ import pytest
 from codebrain_node.config import (
     DEFAULT_CONFIG_FILE,
     ConfigError,
-    Destination,
+    FolderDestinationSettings,
     Settings,
     effective_items,
     load_settings,
@@ -100,7 +100,7 @@ def test_default_database_is_sqlite_in_data_dir(tmp_path: Path) -> None:
 
 def test_local_node_settings_is_a_private_loopback_node_and_leaves_the_original_alone(tmp_path):
     original = Settings()
-    out = Destination(name="out", kind="folder", path=tmp_path / "out")
+    out = FolderDestinationSettings(name="out", path=tmp_path / "out")
     local = local_node_settings(original, tmp_path / "node", out, quiet_period_s=1.5, callers=["SCANNER"])
     assert local.paths.data_dir == tmp_path / "node" and str(tmp_path / "node") in local.database_url
     assert (local.dicom.bind_address, local.dicom.port, local.dicom.allowed_callers) == ("127.0.0.1", 0, ["SCANNER"])

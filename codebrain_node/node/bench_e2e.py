@@ -23,7 +23,7 @@ import pydicom
 import SimpleITK as sitk
 from sqlalchemy import func, select
 
-from codebrain_node.config import Destination, Settings, local_node_settings
+from codebrain_node.config import DicomDestinationSettings, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import AuditEvent, Export, Job, Series, Study, StudyState, as_utc
 from codebrain_node.engine.weights import LoadedModel, load_model
@@ -87,7 +87,7 @@ def _start_storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def _bench_settings(settings: Settings, data_dir: Path, pacs_port: int, quiet_period_s: float) -> Settings:
-    pacs = Destination(name="pacs", kind="dicom", ae_title=PACS_AE, host="127.0.0.1", port=pacs_port)
+    pacs = DicomDestinationSettings(name="pacs", ae_title=PACS_AE, host="127.0.0.1", port=pacs_port)
     local = local_node_settings(settings, data_dir, pacs, quiet_period_s=quiet_period_s, callers=[SCANNER_AE])
     local.routing.check_interval_s = 0.1
     local.engine.poll_interval_s = 0.1

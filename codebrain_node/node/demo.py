@@ -21,7 +21,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import select
 
-from codebrain_node.config import Destination, Settings, local_node_settings
+from codebrain_node.config import FolderDestinationSettings, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Study, StudyState
 from codebrain_node.engine.weights import load_model
@@ -92,7 +92,7 @@ def run_demo(
 
 
 def _demo_settings(settings: Settings, data_dir: Path, pacs: Path) -> Settings:
-    folder_pacs = Destination(name="pacs", kind="folder", path=pacs)
+    folder_pacs = FolderDestinationSettings(name="pacs", path=pacs)
     local = local_node_settings(settings, data_dir, folder_pacs, quiet_period_s=2.0, callers=[DEMO_CALLER])
     local.routing.check_interval_s = 0.5
     return local

@@ -18,7 +18,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
-from codebrain_node.config import Destination, Settings, local_node_settings
+from codebrain_node.config import FolderDestinationSettings, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Series, Study, utcnow
 from codebrain_node.db.session import make_engine, session_factory, upgrade
@@ -102,7 +102,7 @@ def impute_folder(
 
 
 def _offline_settings(settings: Settings, work: Path, output_dir: Path, synthesize: list[Contrast] | None) -> Settings:
-    output = Destination(name="output", kind="folder", path=output_dir)
+    output = FolderDestinationSettings(name="output", path=output_dir)
     local = local_node_settings(settings, work, output, quiet_period_s=0.0)
     if synthesize:
         local.routing.synthesize = synthesize

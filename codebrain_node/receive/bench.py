@@ -43,7 +43,7 @@ BENCH_CALLING_AE = "STORESCU"
 BENCH_CALLED_AE = "CODEBRAIN"
 
 
-def make_mr_instance(
+def _bench_instance(
     study_uid: str, series_uid: str, index: int, rows: int = 256, columns: int = 256, seed: int = 0
 ) -> Dataset:
     """One small synthetic MR Image Storage instance (int16 noise); no patient data beyond a dummy ID."""
@@ -80,14 +80,14 @@ def make_mr_instance(
     return ds
 
 
-def write_mr_series(folder: Path, count: int, rows: int = 256, columns: int = 256) -> list[Path]:
+def _write_bench_series(folder: Path, count: int, rows: int = 256, columns: int = 256) -> list[Path]:
     """``count`` instances of one new study/series as Part 10 files in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid = generate_uid(), generate_uid()
     frame_of_reference = generate_uid()
     paths = []
     for index in range(count):
-        dataset = make_mr_instance(study_uid, series_uid, index, rows, columns)
+        dataset = _bench_instance(study_uid, series_uid, index, rows, columns)
         dataset.FrameOfReferenceUID = frame_of_reference
         path = folder / f"mr{index:05d}.dcm"
         dataset.save_as(path, enforce_file_format=True)
@@ -96,6 +96,7 @@ def write_mr_series(folder: Path, count: int, rows: int = 256, columns: int = 25
 
 
 def free_port() -> int:
+    """A free loopback port (the ingest and end-to-end benchmarks start their receivers on one)."""
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -103,14 +104,6 @@ def free_port() -> int:
 
 def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
-
-
-def storescu(
-    files: Sequence[Path], port: int, called_ae: str, calling_ae: str = BENCH_CALLING_AE, timeout_s: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """Send ``files`` over one association with DCMTK storescu (full path: pynetdicom ships its own)."""
-    command = [str(STORESCU), "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=dcmtk_env(), check=False)
 
 
 def send_parallel(files: Sequence[Path], port: int, called_ae: str, associations: int) -> float:
@@ -183,9 +176,12 @@ def _time_storescp(files: Sequence[Path], work: Path, associations: int, fsync: 
 
 
 def _time_ours(files: Sequence[Path], work: Path, associations: int, tcp_nodelay: bool) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process, where our SCP runs)."""
+    """(wall seconds, CPU seconds of this process, where our SCP runs). ``tcp_nodelay=False``: pynetdicom's own
+    server class, Nagle on, for the before/after figure."""
+    from pynetdicom.transport import ThreadedAssociationServer
+
     from codebrain_node.config import DicomSettings
-    from codebrain_node.receive.scp import Receiver
+    from codebrain_node.receive.scp import NoDelayAssociationServer, Receiver
     from codebrain_node.receive.spool import Spool
 
     data_dir = Path(tempfile.mkdtemp(prefix="codebrain-", dir=work))
@@ -198,7 +194,8 @@ def _time_ours(files: Sequence[Path], work: Path, associations: int, tcp_nodelay
         min_free_disk_mb=0,
     )
     received: list[Any] = []
-    receiver = Receiver(dicom, Spool(data_dir), received.append, tcp_nodelay=tcp_nodelay).start()
+    server_class = NoDelayAssociationServer if tcp_nodelay else ThreadedAssociationServer
+    receiver = Receiver(dicom, Spool(data_dir), received.append, server_class=server_class).start()
     cpu_start = time.process_time()
     try:
         elapsed = send_parallel(files, receiver.port, BENCH_CALLED_AE, associations)
@@ -292,7 +289,7 @@ def bench_ingest(
             raise RuntimeError(f"{tool} not found (install DCMTK)")
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=work_dir))
     try:
-        files = write_mr_series(work / "files", n_instances, rows, columns)
+        files = _write_bench_series(work / "files", n_instances, rows, columns)
         size = sum(path.stat().st_size for path in files)
         result: dict[str, Any] = {
             "instances": n_instances,

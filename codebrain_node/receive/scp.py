@@ -75,21 +75,13 @@ REJECT_LOW_DISK = (0x02, 0x03, 0x02)
 
 
 class NoDelayAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY on every accepted connection."""
-
-    tcp_nodelay = True
+    """pynetdicom's threaded server with TCP_NODELAY on every accepted connection: each C-STORE-RSP leaves at once
+    instead of waiting for Nagle's timer while the sender waits for it."""
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
-        if self.tcp_nodelay:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
-
-
-class PlainAssociationServer(NoDelayAssociationServer):
-    """Nagle left on, as pynetdicom ships: only for ``bench ingest`` before/after figures."""
-
-    tcp_nodelay = False
 
 
 @dataclass
@@ -109,12 +101,12 @@ class Receiver:
         spool: Spool,
         on_stored: Callable[[ReceivedInstance], None],
         *,
-        tcp_nodelay: bool = True,
+        server_class: type[ThreadedAssociationServer] = NoDelayAssociationServer,
     ) -> None:
         self.dicom = dicom
         self.spool = spool
         self.on_stored = on_stored
-        self.tcp_nodelay = tcp_nodelay
+        self.server_class = server_class
         self.stats = ReceiverStats()
         self._stats_lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
@@ -148,21 +140,14 @@ class Receiver:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        server_class = NoDelayAssociationServer if self.tcp_nodelay else PlainAssociationServer
         server = self.ae.make_server(
-            (self.dicom.bind_address, self.dicom.port), evt_handlers=handlers, server_class=server_class
+            (self.dicom.bind_address, self.dicom.port), evt_handlers=handlers, server_class=self.server_class
         )
         self.ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() stops it too
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="codebrain-scp", daemon=True)
         self._thread.start()
-        log.info(
-            "DICOM receiver %s listening on %s:%d (tcp_nodelay=%s)",
-            self.dicom.ae_title,
-            self.dicom.bind_address,
-            self.port,
-            self.tcp_nodelay,
-        )
+        log.info("DICOM receiver %s listening on %s:%d", self.dicom.ae_title, self.dicom.bind_address, self.port)
         return self
 
     def stop(self) -> None:

@@ -31,12 +31,10 @@ class ReceiveService:
         self.recorder.stop()
 
 
-def start_receive_service(
-    settings: Settings, factory: sessionmaker[Session], *, tcp_nodelay: bool = True
-) -> ReceiveService:
+def start_receive_service(settings: Settings, factory: sessionmaker[Session]) -> ReceiveService:
     """Recover what a previous run acknowledged but did not record, then accept associations."""
     spool = Spool(settings.paths.data_dir, settings.dicom.min_free_disk_mb)
     recover_spool(factory, spool)
     recorder = Recorder(factory).start()
-    receiver = Receiver(settings.dicom, spool, recorder.submit, tcp_nodelay=tcp_nodelay).start()
+    receiver = Receiver(settings.dicom, spool, recorder.submit).start()
     return ReceiveService(spool=spool, recorder=recorder, receiver=receiver)

@@ -24,14 +24,14 @@ import SimpleITK as sitk
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from codebrain_node.config import Destination, Settings
+from codebrain_node.config import DestinationSettings, DicomDestinationSettings, Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.models import Study, StudyState
 from codebrain_node.model import CodeBrain, ModelConfig, save_inference_checkpoint
 from codebrain_node.phantom.case import make_phantom_case
 from codebrain_node.phantom.dicom_study import SeriesLayout, write_dicom_study
-from codebrain_node.receive.bench import free_port
 from codebrain_node.resources import model_config_file
+from tests.dicom_fixtures import free_port
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 STORESCU = Path("/usr/bin/storescu")
@@ -146,7 +146,7 @@ def series_files(folder: Path, contrast_prefix: str) -> list[Path]:
 
 
 def node_settings(
-    data_dir: Path, weights: Path, destinations: list[Destination], **overrides: dict[str, Any]
+    data_dir: Path, weights: Path, destinations: list[DestinationSettings], **overrides: dict[str, Any]
 ) -> Settings:
     """Settings of a fast node on loopback: short quiet period and checks, tiny backoff, no review app."""
     values: dict[str, Any] = {
@@ -342,8 +342,8 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         server.stop()
 
 
-def orthanc_destination(server: Orthanc) -> Destination:
-    return Destination(name="orthanc", kind="dicom", ae_title=PACS_AE, host="127.0.0.1", port=server.dicom_port)
+def orthanc_destination(server: Orthanc) -> DicomDestinationSettings:
+    return DicomDestinationSettings(name="orthanc", ae_title=PACS_AE, host="127.0.0.1", port=server.dicom_port)
 
 
 def copy_tree(source: Path, target: Path) -> Path:

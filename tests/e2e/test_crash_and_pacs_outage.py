@@ -26,11 +26,11 @@ from e2e_support import (
 )
 from sqlalchemy import select
 
-from codebrain_node.config import Destination
+from codebrain_node.config import DicomDestinationSettings, FolderDestinationSettings
 from codebrain_node.db.models import Export, ExportStatus, Instance, Job, JobStatus, Series, Study
 from codebrain_node.db.session import make_engine, session_factory
 from codebrain_node.node.serve import Node
-from codebrain_node.receive.bench import free_port
+from tests.dicom_fixtures import free_port
 
 #: Longer than a node restart (Python, torch, migrations) on a loaded 2-core machine, so the study cannot be
 #: settled between the kill and the second half of the study.
@@ -114,7 +114,7 @@ def crash_setup(tmp_path: Path, tiny_weights: Path) -> Iterator[tuple[Path, Path
     settings = node_settings(
         tmp_path / "node",
         tiny_weights,
-        [Destination(name="pacs", kind="folder", path=pacs)],
+        [FolderDestinationSettings(name="pacs", path=pacs)],
         dicom={"port": port},
         routing={"quiet_period_s": CRASH_QUIET_PERIOD_S, "check_interval_s": 0.5},
         engine={"workers": 1, "poll_interval_s": 0.3, "lease_timeout_s": 600.0},
@@ -182,7 +182,7 @@ def test_sigkill_mid_study_then_restart_loses_nothing_and_completes_once(
 
 def test_pacs_down_then_up_gets_the_series_exactly_once(tiny_weights: Path, make_study, tmp_path: Path) -> None:
     pacs_port = free_port()  # nothing listens here yet
-    destination = Destination(name="pacs", kind="dicom", ae_title="PACS", host="127.0.0.1", port=pacs_port)
+    destination = DicomDestinationSettings(name="pacs", ae_title="PACS", host="127.0.0.1", port=pacs_port)
     settings = node_settings(
         tmp_path / "node",
         tiny_weights,

@@ -18,7 +18,7 @@ from codebrain_node.config import Settings
 from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import Instance, Series, Study, StudyState
 from codebrain_node.db.session import session_factory, transaction, upgrade
-from codebrain_node.receive.bench import free_port, make_mr_instance
+from tests.dicom_fixtures import free_port, make_mr_instance
 
 PACS_AE = "TESTPACS"
 

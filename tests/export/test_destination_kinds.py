@@ -10,7 +10,6 @@ import pytest
 
 from codebrain_node.config import (
     ConfigError,
-    Destination,
     DestinationSettings,
     DicomDestinationSettings,
     FolderDestinationSettings,
@@ -99,13 +98,12 @@ def test_destinations_from_the_environment_as_json() -> None:
     assert json.loads(listed)[0]["kind"] == "dicom" and source == "env CODEBRAIN_EXPORT__DESTINATIONS"
 
 
-def test_destination_factory_validates_into_the_kinds_model(tmp_path: Path) -> None:
-    folder = Destination(name="out", kind="folder", path=tmp_path)
-    assert folder == FolderDestinationSettings(name="out", path=tmp_path)
-    dicom = Destination(name="pacs", kind="dicom", ae_title="PACS", host="127.0.0.1", port=104)
-    assert isinstance(dicom, DicomDestinationSettings)
+def test_each_kinds_model_checks_its_own_fields(tmp_path: Path) -> None:
+    folder = FolderDestinationSettings(name="out", path=tmp_path)
+    assert folder.kind == "folder"
+    assert DicomDestinationSettings(name="pacs", ae_title="PACS", host="127.0.0.1", port=104).kind == "dicom"
     with pytest.raises(ValueError, match="host"):
-        Destination(name="pacs", kind="dicom", ae_title="PACS", port=104)
+        DicomDestinationSettings(name="pacs", ae_title="PACS", port=104)
     local = local_node_settings(Settings(), tmp_path / "node", folder, quiet_period_s=0.0)
     assert local.export.destinations == [folder]
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.db.models import Export, ExportStatus, Study, StudyState, as_utc, utcnow
 from codebrain_node.export.dispatch import backoff_s, retry_dead_letters, run_due_exports, schedule_exports
-from codebrain_node.receive.bench import STORESCP, free_port
+from tests.dicom_fixtures import STORESCP, free_port
 
 PACS_AE = "TESTPACS"  # the loopback PACS fixture's AE title
 

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
 from codebrain_node.db.session import session_factory, upgrade
-from codebrain_node.receive.bench import free_port
 from codebrain_node.receive.service import ReceiveService, start_receive_service
+from tests.dicom_fixtures import free_port
 
 CALLER = "STORESCU"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from codebrain_node.receive.bench import STORESCP, STORESCU, bench_ingest
+from codebrain_node.receive.bench import bench_ingest
+from tests.dicom_fixtures import STORESCP, STORESCU
 
 
 @pytest.mark.skipif(not (STORESCU.exists() and STORESCP.exists()), reason="DCMTK storescu/storescp not installed")

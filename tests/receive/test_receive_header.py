@@ -16,7 +16,6 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from codebrain_node.receive.bench import make_mr_instance
 from codebrain_node.receive.header import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -27,6 +26,7 @@ from codebrain_node.receive.header import (
     read_dataset_header,
     scan_header,
 )
+from tests.dicom_fixtures import make_mr_instance
 
 
 def _wire(dataset: Dataset, syntax: str) -> bytes:

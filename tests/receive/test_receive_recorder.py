@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import AuditEvent, Instance, Study, StudyState
 from codebrain_node.db.session import session_factory, upgrade
-from codebrain_node.receive.bench import make_mr_instance
 from codebrain_node.receive.recorder import Recorder, record_batch, recover_spool
 from codebrain_node.receive.spool import ReceivedInstance, Spool
+from tests.dicom_fixtures import make_mr_instance
 
 
 def _dataset_bytes(study: str, series: str, index: int, synthetic: bool = False) -> tuple[bytes, str]:
@@ -62,7 +62,7 @@ def test_recorder_thread_batches_and_upserts(tmp_path: Path, any_factory: sessio
     with factory() as session:
         row = session.scalars(select(Study)).one()
         assert row.study_instance_uid == study and row.state == StudyState.RECEIVING
-        assert row.patient_id == "BENCH"
+        assert row.patient_id == "TEST-PATIENT"
         assert session.scalar(select(func.count(Instance.id))) == 5
         paths = set(session.scalars(select(Instance.path)))
     assert paths == {str(item.path) for item in items}

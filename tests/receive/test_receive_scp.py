@@ -23,8 +23,8 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from sqlalchemy import func, select
 
 from codebrain_node.db.models import Instance, Series, Study
-from codebrain_node.receive.bench import STORESCU, make_mr_instance, write_mr_series
 from codebrain_node.receive.service import ReceiveService, start_receive_service
+from tests.dicom_fixtures import STORESCU, make_mr_instance, write_mr_series
 from tests.imaging.enhanced_mr import to_enhanced_mr
 
 CALLER = "STORESCU"

@@ -21,7 +21,7 @@ import pytest
 from review_seed import PASSWORDS, SLICES, Seeded, seed_study
 from sqlalchemy import select
 
-from codebrain_node.config import Destination
+from codebrain_node.config import DicomDestinationSettings
 from codebrain_node.db.models import AuditEvent, Export, ExportStatus, Series, Study, StudyState
 from codebrain_node.review.server import ReviewServer
 
@@ -104,7 +104,7 @@ def test_sign_in_review_approve_sends_to_pacs_and_reject_sends_nothing(
     port, received = pacs
     settings, factory = seeded.settings, seeded.factory
     settings.export.destinations = [
-        Destination(name="pacs", kind="dicom", ae_title="TESTPACS", host="127.0.0.1", port=port)
+        DicomDestinationSettings(name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=port)
     ]
     rejected = seed_study(settings, factory, accession="ACC2", patient_name="Roe^Richard")
 

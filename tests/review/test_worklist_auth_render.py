@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 from review_seed import PASSWORDS, SLICES, Seeded, make_settings, seed_study, write_series
 from sqlalchemy import Engine, select
 
-from codebrain_node.config import ConfigError, Destination, ReviewSettings, load_settings
+from codebrain_node.config import ConfigError, FolderDestinationSettings, ReviewSettings, load_settings
 from codebrain_node.db.models import AuditEvent, Export, Study, StudyState, utcnow
 from codebrain_node.db.session import session_factory, upgrade
 from codebrain_node.export.dispatch import run_due_exports
@@ -88,7 +88,7 @@ def test_worklist_search_and_actions_on_postgresql(postgres_engine: Engine, tmp_
     upgrade(postgres_engine)
     factory = session_factory(postgres_engine)
     settings = make_settings(tmp_path)
-    settings.export.destinations = [Destination(name="archive", kind="folder", path=tmp_path / "out")]
+    settings.export.destinations = [FolderDestinationSettings(name="archive", path=tmp_path / "out")]
     doe = seed_study(settings, factory)
     roe = seed_study(settings, factory, accession="ACC2", patient_name="Roe^Richard")
     with factory() as session:

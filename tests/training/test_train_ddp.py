@@ -4,7 +4,6 @@ and end with identical weights."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -13,13 +12,8 @@ import torch.multiprocessing as mp
 from standin_data import make_splits, tiny_model_config, write_train_toml
 
 from codebrain_node.model import CodeBrain
+from tests.dicom_fixtures import free_port
 from training.train import train
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, world_size: int, port: int, config: str, out: str) -> None:
@@ -50,7 +44,7 @@ def _worker(rank: int, world_size: int, port: int, config: str, out: str) -> Non
 
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     config = write_train_toml(tmp_path / "ddp.toml", steps=3, gan_start=1)
-    mp.spawn(_worker, args=(2, _free_port(), str(config), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(config), str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert rank0["steps"] == rank1["steps"] == (3, 2)
