@@ -54,13 +54,23 @@ def migrations_dir() -> Path:
     raise RuntimeError(f"the database migrations ({MIGRATIONS_PACKAGE}) are missing: reinstall codebrain-node")
 
 
-def model_config_file(spec: str | Path) -> Path:
-    """The one lookup of a model architecture: a shipped name (``small``, ``paper``…) or a TOML file's path."""
+def named_config_file(folder: str, spec: str | Path) -> Path:
+    """The one lookup of a shipped config by name (``model``/``small``, ``train``/``default``) or a TOML's path."""
     path = Path(spec)
-    shipped = configs_dir() / "model" / f"{spec}.toml"
+    shipped = configs_dir() / folder / f"{spec}.toml"
     if not path.suffix and shipped.is_file():
         return shipped
     if path.is_file():
         return path
-    known = sorted(p.stem for p in (configs_dir() / "model").glob("*.toml"))
-    raise FileNotFoundError(f"model config {str(spec)!r} not found (a TOML file or one of {known})")
+    known = sorted(p.stem for p in (configs_dir() / folder).glob("*.toml"))
+    raise FileNotFoundError(f"{folder} config {str(spec)!r} not found (a TOML file or one of {known})")
+
+
+def model_config_file(spec: str | Path) -> Path:
+    """A model architecture: a shipped name (``small``, ``paper``…) or a TOML file's path."""
+    return named_config_file("model", spec)
+
+
+def train_config_file(spec: str | Path) -> Path:
+    """A training recipe: a shipped name (``default``, ``cpu_brats``…) or a TOML file's path."""
+    return named_config_file("train", spec)

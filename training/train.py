@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from codebrain_node.model import CodeBrain, DirectRegression, ModelConfig, load_inference_checkpoint
-from codebrain_node.resources import model_config_file
+from codebrain_node.resources import model_config_file, train_config_file
 from training.datasets import SubjectSplit, datasets_for_model
 from training.loop import (
     CHECKPOINT_NAME,
@@ -112,8 +112,8 @@ def train(
         from_run = from_run or info.get("from_run")
     else:
         if config_path is None:
-            raise ValueError("a training config is needed (--config FILE), except with --resume")
-        cfg = TrainConfig.from_toml(config_path, stage_key)
+            raise ValueError("a training config is needed (--config NAME|FILE), except with --resume")
+        cfg = TrainConfig.from_toml(train_config_file(config_path), stage_key)
         model_cfg = None
 
     dist = setup_distributed(device)

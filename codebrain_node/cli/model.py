@@ -50,7 +50,10 @@ def phantom(
 def train(
     stage: Annotated[int, typer.Option(help="1: codes + decoder (posterior/common encoders); 2: prior encoder.")],
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, metrics.jsonl, curves.png, model).")],
-    config: Annotated[Path | None, typer.Option("--config", help="Training TOML (configs/train/*.toml).")] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", help="Training recipe: a shipped name (default, cpu_brats, tiny...) or a TOML file."),
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder (BraTS, IXI or mapped layout).")] = None,
     from_run: Annotated[Path | None, typer.Option("--from", help="Stage I run folder (for --stage 2).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out from its last checkpoint, exactly.")] = False,

@@ -101,38 +101,40 @@ def _detail_lines(detail: StudyDetail, show_patient: bool) -> Iterator[str]:
         yield f"  {event.at:%Y-%m-%d %H:%M:%S}  {event.actor:<20} {event.action:<22} {details}"
 
 
+StudyArgument = Annotated[str, typer.Argument(help="Study id or Study Instance UID.")]
+ReasonOption = Annotated[str, typer.Option(help="Why (kept in the audit trail).")]
+UserOption = Annotated[str | None, typer.Option("--user", help="Reviewer for the audit trail (default: $USER).")]
+
+
 @worklist_app.command("approve")
 def worklist_approve(
-    ctx: typer.Context,
-    study: Annotated[str, typer.Argument(help="Study id or Study Instance UID.")],
-    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")] = "",
-    user: Annotated[str | None, typer.Option("--user", help="Reviewer for the audit trail (default: $USER).")] = None,
+    ctx: typer.Context, study: StudyArgument, reason: ReasonOption = "", user: UserOption = None
 ) -> None:
     """Approve a study awaiting review: its synthetic series are scheduled for export."""
-    from codebrain_node.db.session import transaction
-    from codebrain_node.review.worklist import approve
-
-    settings = app_state(ctx).settings
-    with transaction(sessions(settings)) as session:
-        approved = approve(session, study, _reviewer(user), reason)
-        typer.echo(f"study {approved.id} approved; exports scheduled")
+    _decide(ctx, "approve", study, reason, user)
 
 
 @worklist_app.command("reject")
 def worklist_reject(
-    ctx: typer.Context,
-    study: Annotated[str, typer.Argument(help="Study id or Study Instance UID.")],
-    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")] = "",
-    user: Annotated[str | None, typer.Option("--user", help="Reviewer for the audit trail (default: $USER).")] = None,
+    ctx: typer.Context, study: StudyArgument, reason: ReasonOption = "", user: UserOption = None
 ) -> None:
     """Reject a study awaiting review: its synthetic series are never sent."""
-    from codebrain_node.db.session import transaction
-    from codebrain_node.review.worklist import reject
+    _decide(ctx, "reject", study, reason, user)
 
-    settings = app_state(ctx).settings
-    with transaction(sessions(settings)) as session:
-        rejected = reject(session, study, _reviewer(user), reason)
-        typer.echo(f"study {rejected.id} rejected; nothing will be sent")
+
+def _decide(ctx: typer.Context, decision: str, study: str, reason: str, user: str | None) -> None:
+    """One reviewer decision, in one transaction, through the review stage (the same rules as the web page)."""
+    from codebrain_node.db.session import transaction
+    from codebrain_node.review.worklist import approve, reject
+
+    act, outcome = (
+        (approve, "approved; the exporter sends it")
+        if decision == "approve"
+        else (reject, "rejected; nothing will be sent")
+    )
+    with transaction(sessions(app_state(ctx).settings)) as session:
+        decided = act(session, study, _reviewer(user), reason)
+        typer.echo(f"study {decided.id} {outcome}")
 
 
 @user_app.command("hash-password")

@@ -4,7 +4,7 @@
 # DATA/train: phantom anatomies 1-16 (make_brats_phantoms.sh) + the real BraTS-GLI-00001-000 case (a link);
 # DATA/heldout_phantom: anatomies 17-20; DATA/heldout_real: the real TCGA-FG-6692 case (a link).
 set -euo pipefail
-data=${DATA:?set DATA}; runs=${RUNS:-runs}; cfg=configs/train/cpu_brats.toml
+data=${DATA:?set DATA}; runs=${RUNS:-runs}; cfg=cpu_brats
 export OMP_NUM_THREADS=1
 codebrain-node train --stage 1 --config $cfg --data "$data/train" --out "$runs/brats-small-s1" --model small &
 codebrain-node train --stage 1 --arch direct --config $cfg --data "$data/train" --out "$runs/brats-small-direct" --model small &
