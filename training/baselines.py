@@ -67,19 +67,24 @@ class NearestContrast:
         return min(available, key=lambda source: float(self.error[source, target]))
 
     def predict(self, images: Tensor, available: Tensor, brain_mask: Tensor | None = None) -> Tensor:
-        """``[B, N, H, W]`` + availability ``[B, N]`` → every contrast (available ones copied through)."""
+        """``[B, N, H, W]`` + availability ``[B, N]`` → every contrast (available ones copied through).
+
+        Slices that share a pattern share their sources, so they are matched together: one call per pattern and
+        target, not per slice (the evaluation passes every pattern of several slices at once)."""
         mask = brain_mask if brain_mask is not None else torch.ones_like(images[:, 0], dtype=torch.bool)
         out = images.clone()
         device = images.device
         self.brain_quantiles = self.brain_quantiles.to(device)
         self.background_quantiles = self.background_quantiles.to(device)
-        for b in range(images.shape[0]):
-            present = [c for c in range(images.shape[1]) if bool(available[b, c])]
+        patterns, pattern_of = torch.unique(available.bool(), dim=0, return_inverse=True)
+        for index, pattern in enumerate(patterns.tolist()):
+            rows = (pattern_of == index).nonzero(as_tuple=True)[0]
+            present = [c for c, given in enumerate(pattern) if given]
             for target in range(images.shape[1]):
-                if target in present:
+                if pattern[target]:
                     continue
                 source = self.source_for(target, present)
-                out[b, target] = self.match(images[b : b + 1, source], source, target, mask[b : b + 1])[0]
+                out[rows, target] = self.match(images[rows, source], source, target, mask[rows])
         return out
 
 

@@ -24,7 +24,7 @@ import random
 import re
 import tomllib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from codebrain_node.contrasts import BRATS_FILE_NAMES, Contrast
 from codebrain_node.imaging.preprocess import choose_reference, prepare_study, same_grid
 from codebrain_node.imaging.series_io import read_series
+from codebrain_node.resources import named_config_file
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +226,17 @@ def split_subjects(
 
 @dataclass(frozen=True)
 class SubjectSplit:
-    """How cases become train/val/test slices; stored in every checkpoint so evaluation re-uses training's split."""
+    """How cases become train/val/test slices; stored in every checkpoint so evaluation re-uses training's split.
+
+    ``assignment`` names the subjects of each split (from a committed split file, see :func:`read_split_file`);
+    without it, ``seed`` shuffles the subjects and the fractions cut them.
+    """
 
     size: int
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
+    assignment: dict[str, list[str]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -244,7 +250,28 @@ class SubjectSplit:
             val_fraction=float(stored.get("val_fraction", 0.1)),
             test_fraction=float(stored.get("test_fraction", 0.1)),
             seed=int(stored.get("seed", 0)),
+            assignment=stored.get("assignment"),
         )
+
+
+def read_split_file(spec: str | Path) -> dict[str, list[str]]:
+    """A committed subject split: a shipped name (``configs/splits/NAME.toml``) or a TOML path with the lists
+    ``train``, ``val`` and ``test`` (subject = case folder name). A subject in two lists is an error."""
+    path = named_config_file("splits", spec)
+    table = tomllib.loads(path.read_text())
+    unknown = sorted(set(table) - {"train", "val", "test"})
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; expected train, val, test")
+    assignment = {key: [str(name) for name in table.get(key, [])] for key in ("train", "val", "test")}
+    seen: dict[str, str] = {}
+    for key, names in assignment.items():
+        for name in names:
+            if name in seen:
+                raise ValueError(f"{path}: {name} is in both {seen[name]} and {key}")
+            seen[name] = key
+    if not assignment["train"]:
+        raise ValueError(f"{path}: the train list is empty")
+    return assignment
 
 
 def datasets_for_model(
@@ -260,6 +287,7 @@ def datasets_for_model(
         test_fraction=split.test_fraction,
         seed=split.seed,
         cache_dir=cache_dir,
+        assignment=split.assignment,
     )
 
 
@@ -275,9 +303,16 @@ def build_datasets(
     cache_dir: Path | str | None = None,
     subjects: Sequence[str] | None = None,
     min_brain_fraction: float = 0.01,
+    assignment: Mapping[str, Sequence[str]] | None = None,
 ) -> DatasetSplits:
-    """Slice datasets for ``contrasts`` from every case under ``data_dir``, split by subject (never by slice)."""
+    """Slice datasets for ``contrasts`` from every case under ``data_dir``, split by subject (never by slice).
+
+    ``assignment`` (``{"train": [...], "val": [...], "test": [...]}``, a committed split file) names each subject's
+    split; cases it does not name are left out. Without it, subjects are shuffled with ``seed`` and cut by fraction.
+    """
     contrasts = [Contrast.parse(str(c)) for c in contrasts]
+    if assignment is not None:
+        subjects = [name for names in assignment.values() for name in names]
     usable: list[Case] = []
     for case in find_cases(data_dir):
         if subjects is not None and case.subject not in subjects:
@@ -289,7 +324,13 @@ def build_datasets(
         usable.append(case)
     if not usable:
         raise ValueError(f"no case under {data_dir} has all of {', '.join(map(str, contrasts))}")
-    train_s, val_s, test_s = split_subjects([c.subject for c in usable], val_fraction, test_fraction, seed)
+    if assignment is not None:
+        missing = sorted(set(subjects or []) - {case.subject for case in usable})
+        if missing:
+            raise ValueError(f"the split names cases that {data_dir} lacks (or that lack a contrast): {missing}")
+        train_s, val_s, test_s = (list(assignment.get(key, [])) for key in ("train", "val", "test"))
+    else:
+        train_s, val_s, test_s = split_subjects([c.subject for c in usable], val_fraction, test_fraction, seed)
     cache = Path(cache_dir) if cache_dir is not None else None
     loaded = {}
     for case in usable:

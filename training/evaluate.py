@@ -19,7 +19,8 @@ errors.
 from __future__ import annotations
 
 import itertools
-import logging
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
 from codebrain_node.model import (
     CodeBrain,
@@ -37,9 +39,7 @@ from codebrain_node.model import (
 )
 from training import report
 from training.baselines import NearestContrast
-from training.metrics import psnr, slice_metrics
-
-log = logging.getLogger("training.evaluate")
+from training.metrics import SSIM_IMPLEMENTATION, psnr, slice_metrics
 
 Pattern = tuple[int, ...]  # indices of the available contrasts
 
@@ -64,9 +64,21 @@ def pattern_name(pattern: Pattern, contrasts: Sequence[str]) -> str:
 
 # --- methods under test ---------------------------------------------------------------------------------------
 class Method(Protocol):
+    """A way to fill in missing contrasts, called with a batch of slices and several patterns at once, so that
+    one forward pass covers every pattern of a few slices (and a method can share work across a slice's patterns).
+
+    ``images`` ``[S, N, H, W]`` (the complete set), ``available`` ``[S, P, N]``, ``context`` ``[S, N, 2k, H, W]``
+    or None, ``brain_mask`` ``[S, H, W]`` → every contrast ``[S, P, N, H, W]``, available ones copied through.
+    """
+
     name: str
 
     def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor: ...
+
+
+def per_pattern(values: Tensor, patterns: int) -> Tensor:
+    """``[S, ...]`` → ``[S·P, ...]``: each slice's tensor once for each of its ``patterns`` (slice-major)."""
+    return values.repeat_interleave(patterns, dim=0)
 
 
 class ConfidenceTally:
@@ -131,39 +143,69 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 @dataclass
 class ImputerMethod:
-    """CodeBrain's or the direct baseline's ``impute`` — exactly the node's inference path."""
+    """CodeBrain's or the direct baseline's ``impute`` — exactly the node's inference path, one forward pass for
+    every pattern of the batch's slices."""
 
     model: CodeBrain | DirectRegression
     name: str
     tally: ConfidenceTally | None = None
 
     def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor:
-        output = self.model.impute(images, available, context)
+        s, p = available.shape[:2]
+        images, available = per_pattern(images, p), available.flatten(0, 1)
+        output = self.model.impute(images, available, None if context is None else per_pattern(context, p))
         if self.tally is not None and output.confidence is not None:
-            self.tally.add(output.confidence, output.images, images, available, brain_mask)
-        return output.images
+            self.tally.add(output.confidence, output.images, images, available, per_pattern(brain_mask, p))
+        return output.images.unflatten(0, (s, p))
 
 
 @dataclass
 class PosteriorCodeMethod:
-    """Stage I decoder fed the posterior code of the complete set: the ceiling for a perfect prior."""
+    """Stage I decoder fed the posterior code of the complete set: the ceiling for a perfect prior.
+
+    The code reads the complete set, so it is the same for every pattern: the posterior encoder runs once per
+    slice and only the common encoder and decoder (which read the incomplete set) run once per pattern. Decoding
+    the complete set as well gives the Stage I reconstruction PSNR per slice, kept in ``reconstruction_psnr``
+    (set it to None to stop recording). Full precision, like training's validation.
+    """
 
     model: CodeBrain
     name: str = "CodeBrain posterior code (upper bound)"
+    reconstruction_psnr: list[Tensor] | None = field(default_factory=list)
 
     def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor:
+        s, p = available.shape[:2]
+        images = images.float()
         with torch.inference_mode():
-            recon = self.model.stage1_forward(images, available, context)["recon"].float().clamp(0, 1)
-        return torch.where(available.view(*available.shape, 1, 1), images, recon)
+            codes, _ = self.model.encode_codes(images, context)
+            if self.reconstruction_psnr is not None:
+                complete = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
+                recon = self.model.decode(codes, images, complete, context).float().clamp(0, 1)
+                per_contrast = [psnr(recon[:, c], images[:, c]) for c in range(images.shape[1])]
+                self.reconstruction_psnr.append(torch.stack(per_contrast, dim=1).mean(dim=1).cpu())
+            flat_context = None if context is None else per_pattern(context, p)
+            flat_images, flat_available = per_pattern(images, p), available.flatten(0, 1)
+            recon = self.model.decode(per_pattern(codes, p), flat_images, flat_available, flat_context)
+        composed = torch.where(flat_available[..., None, None], flat_images, recon.float().clamp(0, 1))
+        return composed.unflatten(0, (s, p))
+
+    def mean_reconstruction_psnr(self) -> float | None:
+        if not self.reconstruction_psnr:
+            return None
+        return float(torch.cat(self.reconstruction_psnr).double().mean())
 
 
 @dataclass
 class NearestMethod:
+    """The nearest-contrast baseline: intensity mapping only, no network."""
+
     baseline: NearestContrast
     name: str = "nearest contrast"
 
     def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor:
-        return self.baseline.predict(images, available, brain_mask)
+        s, p = available.shape[:2]
+        flat = self.baseline.predict(per_pattern(images, p), available.flatten(0, 1), per_pattern(brain_mask, p))
+        return flat.unflatten(0, (s, p))
 
 
 # --- results --------------------------------------------------------------------------------------------------
@@ -214,66 +256,110 @@ def score_methods(
     dataset: Dataset,
     contrasts: Sequence[str],
     *,
-    batch_size: int = 16,
+    batch_size: int = 64,
     device: torch.device | str = "cpu",
-    codebrain: CodeBrain | None = None,
+    progress: bool = False,
 ) -> EvaluationResult:
-    """Score every method on every (pattern, target) pair of every slice of ``dataset``."""
+    """Score every method on every (pattern, target) pair of every slice of ``dataset``.
+
+    ``batch_size`` counts incomplete inputs per forward pass: ⌊batch_size / P⌋ slices (at least one), each under
+    all P patterns. ``progress`` reports slices done, slices/s and the time left on stderr.
+    """
     device = torch.device(device)
     n = len(contrasts)
-    pairs = pattern_pairs(n)
-    # sums[method][pair index][metric] and one slice count for all (every method sees every slice)
-    sums: dict[str, list[dict[str, float]]] = {m.name: [{} for _ in pairs] for m in methods}
-    slices, recon_psnr_sum = 0, 0.0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    patterns, pairs = missing_patterns(n), pattern_pairs(n)
+    available = torch.zeros(len(patterns), n, dtype=torch.bool, device=device)  # [P, N], the same for every slice
+    pair_of = torch.full((len(patterns), n), -1, dtype=torch.long, device=device)  # [P, N] → index into pairs
+    for index, (pattern, target) in enumerate(pairs):
+        available[patterns.index(pattern), list(pattern)] = True
+        pair_of[patterns.index(pattern), target] = index
+    # sums[method][metric]: float64 [pairs], summed over slices (every method sees every slice)
+    sums: dict[str, dict[str, Tensor]] = {m.name: {} for m in methods}
+    slices = 0
+    meter = Progress(len(dataset), enabled=progress)
+    loader = DataLoader(dataset, batch_size=max(1, batch_size // len(patterns)), shuffle=False, num_workers=0)
     for batch in loader:
         images = batch["image"].to(device).float()
         brain_mask = batch.get("brain_mask", torch.ones_like(images[:, 0], dtype=torch.bool)).to(device).bool()
         context = batch["context"].to(device).float() if "context" in batch else None
-        b = images.shape[0]
-        slices += b
-        if codebrain is not None:
-            recon_psnr_sum += float(stage1_reconstruction_psnr(codebrain, images, context).sum())
-        for pattern in missing_patterns(n):
-            available = torch.zeros(b, n, dtype=torch.bool, device=device)
-            available[:, list(pattern)] = True
-            for method in methods:
-                prediction = method.predict(images, available, context, brain_mask)
-                for index, (pair_pattern, target) in enumerate(pairs):
-                    if pair_pattern != pattern:
-                        continue
-                    figures = slice_metrics(prediction[:, target], images[:, target], brain_mask)
-                    bucket = sums[method.name][index]
-                    for key, values in figures.items():
-                        bucket[key] = bucket.get(key, 0.0) + float(values.double().sum())
+        s = images.shape[0]
+        for method in methods:
+            prediction = method.predict(images, available.expand(s, -1, -1), context, brain_mask)
+            for key, values in pair_figures(prediction, images, brain_mask, pair_of).items():
+                bucket = sums[method.name].setdefault(key, torch.zeros(len(pairs), dtype=torch.float64))
+                bucket += values
+        slices += s
+        meter.update(s)
+    meter.close()
     if slices == 0:
         raise ValueError("the evaluation set has no slices")
 
     rows = []
-    metric_names: list[str] = []
     for method in methods:
-        for (pattern, target), bucket in zip(pairs, sums[method.name], strict=True):
-            metric_names = list(bucket)
+        per_pair = {key: (values / slices).tolist() for key, values in sums[method.name].items()}
+        for index, (pattern, target) in enumerate(pairs):
             rows.append(
                 {
                     "method": method.name,
                     "pattern": pattern_name(pattern, contrasts),
                     "target": contrasts[target],
                     "inputs": len(pattern),
-                    **{key: value / slices for key, value in bucket.items()},
+                    **{key: values[index] for key, values in per_pair.items()},
                     "slices": slices,
                 }
             )
-    recon = recon_psnr_sum / slices if codebrain is not None else None
-    return EvaluationResult(tuple(contrasts), rows, summarise(rows, metric_names), recon, slices)
+    metric_names = list(sums[methods[-1].name]) if methods else []
+    result = EvaluationResult(tuple(contrasts), rows, summarise(rows, metric_names), None, slices)
+    result.settings = {"ssim": SSIM_IMPLEMENTATION, "seconds": meter.elapsed, "slices_per_s": meter.rate}
+    return result
 
 
-def stage1_reconstruction_psnr(model: CodeBrain, images: Tensor, context: Tensor | None) -> Tensor:
-    """Per-slice PSNR (mean over contrasts) of the Stage I posterior path given the complete set."""
-    available = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
-    with torch.inference_mode():
-        recon = model.stage1_forward(images, available, context)["recon"].float().clamp(0, 1)
-    return torch.stack([psnr(recon[:, c], images[:, c]) for c in range(images.shape[1])], dim=1).mean(dim=1)
+def pair_figures(prediction: Tensor, images: Tensor, brain_mask: Tensor, pair_of: Tensor) -> dict[str, Tensor]:
+    """Every (slice, pattern, missing target) of a batch scored in one go, summed per (pattern, target) pair.
+
+    ``prediction`` ``[S, P, N, H, W]``, ``pair_of`` ``[P, N]`` (−1 where the target is an input) → metric →
+    float64 ``[pairs]`` sums over the batch's slices.
+    """
+    pair_count = int(pair_of.max()) + 1
+    s = prediction.shape[0]
+    slice_i, pattern_i, target_i = (pair_of >= 0).expand(s, -1, -1).nonzero(as_tuple=True)
+    figures = slice_metrics(prediction[slice_i, pattern_i, target_i], images[slice_i, target_i], brain_mask[slice_i])
+    index = pair_of[pattern_i, target_i].cpu()
+    return {
+        key: torch.zeros(pair_count, dtype=torch.float64).index_add_(0, index, values.double().cpu())
+        for key, values in figures.items()
+    }
+
+
+class Progress:
+    """Slices done / total, slices/s and the time left, on stderr: a live bar on a terminal, else a line every
+    ``interval`` seconds (logs and CI stay readable)."""
+
+    def __init__(self, total: int, enabled: bool = True, interval: float = 15.0) -> None:
+        self.total, self.done, self.enabled, self.interval = total, 0, enabled, interval
+        self.start = self.last = time.perf_counter()
+        self.bar = tqdm(total=total, unit="slice", file=sys.stderr) if enabled and sys.stderr.isatty() else None
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(self.elapsed, 1e-9)
+
+    def update(self, count: int) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif self.enabled and (time.perf_counter() - self.last >= self.interval or self.done == count):
+            self.last = time.perf_counter()
+            left = (self.total - self.done) / max(self.rate, 1e-9)
+            _say(f"scored {self.done}/{self.total} slices, {self.rate:.2f} slices/s, {left:.0f} s left")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # --- the command ----------------------------------------------------------------------------------------------
@@ -284,7 +370,7 @@ def evaluate(
     *,
     direct_checkpoint: str | Path | None = None,
     split: str = "test",
-    batch_size: int = 16,
+    batch_size: int = 64,
     max_slices: int | None = None,
     device: str | None = None,
     datasets: Any = None,
@@ -295,6 +381,7 @@ def evaluate(
 
     ``datasets``: pre-built splits (tests); otherwise built from ``data_dir`` with the split stored in the
     checkpoint, so the test subjects are the ones training never saw. ``max_slices`` evenly subsamples the split.
+    Progress and timings go to stderr (a long run is never silent); the table and where the files are, to stdout.
     """
     checkpoint = Path(checkpoint)
     chosen_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -303,7 +390,10 @@ def evaluate(
     if datasets is None:
         if data_dir is None:
             raise ValueError("no data: pass --data DIR")
+        started = time.perf_counter()
+        _say(f"reading and preparing every case under {data_dir} (resampled on the fly, no cache) ...")
         datasets = _training_split(Path(data_dir), checkpoint, model.cfg, every_subject=split == "all")
+        _say(f"prepared the cases in {time.perf_counter() - started:.0f} s")
     # "all": a folder held out as a whole (other anatomies, another site); every subject is scored, and the
     # nearest-contrast baseline is fitted on those same subjects (which can only flatter the baseline).
     evaluation_set = datasets.train if split == "all" else getattr(datasets, split)
@@ -311,11 +401,14 @@ def evaluate(
         step = len(evaluation_set) / max_slices
         evaluation_set = Subset(evaluation_set, [int(i * step) for i in range(max_slices)])
 
+    # The rows: the served model and its Stage I ceiling (or a direct model alone), the direct baseline, the
+    # nearest contrast (fitted on the training split; no network).
     methods: list[Method] = []
-    codebrain = model if isinstance(model, CodeBrain) else None
-    tally = ConfidenceTally() if codebrain is not None and codebrain.cfg.confidence else None
-    if codebrain is not None:
-        methods += [ImputerMethod(codebrain, "CodeBrain", tally), PosteriorCodeMethod(codebrain)]
+    tally = posterior = None
+    if isinstance(model, CodeBrain):
+        tally = ConfidenceTally() if model.cfg.confidence else None
+        posterior = PosteriorCodeMethod(model)
+        methods += [ImputerMethod(model, "CodeBrain", tally), posterior]
     else:
         methods.append(ImputerMethod(model, "direct regression"))
     if direct_checkpoint is not None:
@@ -325,20 +418,27 @@ def evaluate(
         methods.append(ImputerMethod(direct, "direct regression"))
     methods.append(NearestMethod(NearestContrast.fit(datasets.train, contrasts, max_slices=nearest_fit_slices)))
 
-    log.info("evaluating %d methods on %d %s slices", len(methods), len(evaluation_set), split)
+    patterns = len(missing_patterns(len(contrasts)))
+    _say(f"scoring {len(methods)} methods on {len(evaluation_set)} {split} slices, {patterns} patterns each")
     result = score_methods(
-        methods, evaluation_set, contrasts, batch_size=batch_size, device=chosen_device, codebrain=codebrain
+        methods, evaluation_set, contrasts, batch_size=batch_size, device=chosen_device, progress=True
     )
-    result.settings = {
+    seconds, rate = result.settings["seconds"], result.settings["slices_per_s"]
+    _say(f"scored {result.slices} slices in {seconds:.1f} s ({rate:.2f} slices/s)")
+    result.settings |= {
         "checkpoint": str(checkpoint),
         "direct_checkpoint": None if direct_checkpoint is None else str(direct_checkpoint),
         "split": split,
         "max_slices": max_slices,
         "device": str(chosen_device),
     }
+    # The recorders stop here: the example grid below must not count its slices again.
+    if posterior is not None:
+        result.stage1_reconstruction_psnr = posterior.mean_reconstruction_psnr()
+        posterior.reconstruction_psnr = None
     if tally is not None:
         result.confidence = tally.summary()
-        methods[0].tally = None  # the example grid below must not count its slices twice
+        methods[0].tally = None
     print(report.format_table(result))
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -348,7 +448,13 @@ def evaluate(
             grid = report.example_grid(methods, samples, contrasts, out_dir / "examples.png", chosen_device)
             result.files["examples"] = str(grid)
         result.files.update(report.write_results(result, out_dir))
+        print(report.format_files(result.files))
     return result
+
+
+def _say(message: str) -> None:
+    """Progress for the person waiting: stderr, so the table on stdout stays clean to pipe."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _spread(length: int, count: int) -> list[int]:

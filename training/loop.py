@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from codebrain_node.durable import durable_file
-from training.augment import augment_batch
+from training.augment import augment_batch, intensity_augment
 from training.train_config import TrainConfig
 
 log = logging.getLogger("training.loop")
@@ -113,14 +113,16 @@ def mean_over_ranks(values: Mapping[str, float], dist: Distributed) -> dict[str,
 
 
 # --- optimiser and schedule -----------------------------------------------------------------------------------
-def make_adamw(parameters: list[nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.AdamW:
+def make_adamw(
+    parameters: list[nn.Parameter], cfg: TrainConfig, lr: float, betas: tuple[float, float] | None = None
+) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases and norm scales (1-D tensors), as is usual for conv nets."""
     trainable = [p for p in parameters if p.requires_grad]
     groups = [
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=cfg.betas)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas or cfg.betas)
 
 
 def cosine_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -130,6 +132,12 @@ def cosine_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_constant_schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate as configured, every step (the authors' discriminator); a scheduler all the same, so
+    checkpoints and ``clip_and_step`` treat every optimiser alike."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
 
 
 def make_cosine_schedule(
@@ -226,6 +234,8 @@ def prepare_batch(batch: Mapping[str, Any], cfg: TrainConfig, dist: Distributed,
             batch["brain_mask"] = mask
         if context is not None:
             batch["context"] = context
+        if cfg.augment.intensity:  # what the network reads; the losses keep comparing with batch["image"]
+            batch["input"] = intensity_augment(images, cfg.augment, generator)
     return batch
 
 

@@ -78,6 +78,8 @@ def format_table(result: Any) -> str:
         for group, values in groups.items():
             cells = "".join(f"{values.get(m, float('nan')):>11.2f}" for m in TABLE_METRICS)
             lines.append(f"{method:<46} {GROUP_LABELS[group]:<12}{cells}")
+    if ssim_source := getattr(result, "settings", {}).get("ssim"):
+        lines.append(f"SSIM: {ssim_source}")
     lines += format_confidence(getattr(result, "confidence", None))
     methods = list(result.summary)
     pair_header = f"{'inputs -> target':<28}" + "".join(f"{_short(m):>22}" for m in methods)
@@ -128,6 +130,12 @@ def _short(method: str) -> str:
     return method if len(method) <= 20 else method[:19] + "…"
 
 
+def format_files(files: dict[str, str]) -> str:
+    """Where the outputs went, one per line (``files`` as ``EvaluationResult.files``)."""
+    width = max((len(key) for key in files), default=0)
+    return "\n".join(["", "Outputs:", *(f"  {key:<{width}}  {path}" for key, path in files.items())])
+
+
 def write_results(result: Any, out_dir: Path) -> dict[str, str]:
     """table.txt, pairs.csv (one row per method and pair), summary.csv and results.json."""
     out_dir = Path(out_dir)
@@ -161,21 +169,21 @@ def example_grid(
     methods: Sequence[Any], samples: Sequence[dict], contrasts: Sequence[str], png_path: Path, device: Any
 ) -> Path:
     """For each example slice and each contrast as the one missing target (all others given): truth, each
-    method's synthesis and CodeBrain's absolute error."""
+    method's synthesis and CodeBrain's absolute error. One call per method and slice covers the N patterns."""
     import torch
 
     n = len(contrasts)
     rows: list[tuple[str, list[np.ndarray]]] = []
     titles = ["truth", *[m.name for m in methods], f"|error| {methods[0].name}"]
+    leave_one_out = ~torch.eye(n, dtype=torch.bool, device=device).unsqueeze(0)  # [1, P = N, N]: target p missing
     for index, sample in enumerate(samples):
         images = sample["image"].unsqueeze(0).to(device).float()
         mask = sample.get("brain_mask", torch.ones_like(sample["image"][0], dtype=torch.bool))
         mask = mask.unsqueeze(0).to(device).bool()
         context = sample["context"].unsqueeze(0).to(device).float() if "context" in sample else None
+        outputs = [m.predict(images, leave_one_out, context, mask)[0].float().cpu() for m in methods]  # [N, N, H, W]
         for target in range(n):
-            available = torch.ones(1, n, dtype=torch.bool, device=device)
-            available[0, target] = False
-            predictions = [m.predict(images, available, context, mask)[0, target].float().cpu() for m in methods]
+            predictions = [output[target, target] for output in outputs]
             truth = images[0, target].cpu()
             panels = [
                 truth.numpy(),

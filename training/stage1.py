@@ -1,15 +1,19 @@
 """Stage I: learn the code of the complete set and the decoder (also trains the direct-regression baseline).
 
-Per sample a random availability pattern is drawn, uniform over the 2^N − 2 non-empty, non-full subsets. The
-network reconstructs every contrast; the loss follows the paper:
+Each step draws an availability pattern, uniform over the 2^N − 2 non-empty, non-full subsets: one for the whole
+batch (``mask_per = "batch"``, as the authors; every rank the same) or one per sample. The network reconstructs
+every contrast; the loss follows the paper and the authors' code:
 
-    L = λ_missing · L_psnr(missing) + λ_available · L_psnr(available) [+ w_gan · L_G after gan_start_step]
-    L_psnr = 10·log10(MSE)  (= −PSNR for data range 1), MSE per sample over its missing (or available) contrasts
+    L = λ_missing · L_psnr(missing) + λ_available · L_psnr(available) [+ w_gan · L_G from gan_start_step]
+    L_psnr = mean over the selected contrasts c of 10·log10(MSE_c), MSE_c pooled over the batch's samples
+             (where c is selected) and pixels  (= −PSNR for data range 1)
 
-The LSGAN discriminator sees [composed set, zero-filled input] where the composed set copies the available
-contrasts and takes the reconstruction for the missing ones; its per-contrast target is the availability mask
-(``codebrain_node.model.discriminator``). The direct-regression baseline (``arch = "direct"``) runs the same step
-with its own network: same data, masks, λ weights and optimiser, so the evaluation compares like with like.
+The LSGAN discriminator trains from the first step; it sees [set, complete real set] (the authors condition it on
+the complete real set): the real set, or the composed set (available contrasts copied, missing ones taken from the
+reconstruction). Its per-contrast target is the availability mask (``codebrain_node.model.discriminator``). The
+direct-regression baseline (``arch = "direct"``) runs the same step with its own network: same data, masks, λ
+weights and optimiser, so the evaluation compares like with like. With intensity augmentation on, the network
+reads ``batch["input"]`` and every loss compares with the un-augmented ``batch["image"]``.
 """
 
 from __future__ import annotations
@@ -27,28 +31,53 @@ from codebrain_node.model import (
     discriminator_loss,
     generator_adversarial_loss,
 )
-from training.loop import Distributed, autocast, clip_and_step, make_adamw, make_cosine_schedule, wrap_ddp
+from training.loop import (
+    Distributed,
+    autocast,
+    clip_and_step,
+    make_adamw,
+    make_constant_schedule,
+    make_cosine_schedule,
+    wrap_ddp,
+)
 from training.train_config import TrainConfig
 
 PSNR_EPS = 1e-8
 
 
-def random_availability(batch: int, num_contrasts: int, generator: torch.Generator) -> Tensor:
-    """bool ``[B, N]``: each row a uniformly drawn non-empty, non-full subset of the contrasts."""
-    codes = torch.randint(1, 2**num_contrasts - 1, (batch,), generator=generator)
+def random_availability(
+    batch: int, num_contrasts: int, generator: torch.Generator, *, per_batch: bool = False
+) -> Tensor:
+    """bool ``[B, N]``: uniformly drawn non-empty, non-full subsets of the contrasts, one per row (or one for all
+    rows when ``per_batch``)."""
+    codes = torch.randint(1, 2**num_contrasts - 1, (1 if per_batch else batch,), generator=generator)
     bits = torch.arange(num_contrasts)
-    return (codes.unsqueeze(1) >> bits) & 1 == 1
+    return ((codes.unsqueeze(1) >> bits) & 1 == 1).expand(batch, num_contrasts).contiguous()
+
+
+def pattern_generator(seed: int, step: int) -> torch.Generator:
+    """The batch's pattern depends on (seed, step) only, so every rank of a DDP run draws the same one."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + 17)
+
+
+def draw_availability(images: Tensor, cfg: TrainConfig, step: int, generator: torch.Generator) -> Tensor:
+    """This step's availability masks ``[B, N]`` on the images' device, per batch or per sample as configured."""
+    batch, n = images.shape[:2]
+    if cfg.mask_per == "batch":
+        return random_availability(batch, n, pattern_generator(cfg.seed, step), per_batch=True).to(images.device)
+    return random_availability(batch, n, generator).to(images.device)
 
 
 def masked_psnr_loss(prediction: Tensor, target: Tensor, selected: Tensor) -> Tensor:
-    """10·log10(MSE) over the ``selected`` contrasts of each sample (bool ``[B, N]``), averaged over samples."""
-    per_contrast = (prediction.float() - target.float()).pow(2).mean(dim=(-2, -1))  # [B, N]
-    weights = selected.to(per_contrast.dtype)
-    counts = weights.sum(dim=1)
-    has_any = counts > 0
-    mse = (per_contrast * weights).sum(dim=1)[has_any] / counts[has_any]
-    if mse.numel() == 0:
+    """Mean over contrasts of 10·log10(MSE_c), MSE_c pooled over the samples where ``selected[:, c]`` (bool
+    ``[B, N]``) and their pixels: the authors' aggregation (one log per contrast, not one per sample)."""
+    squared = (prediction.float() - target.float()).pow(2).mean(dim=(-2, -1))  # [B, N]
+    weights = selected.to(squared.dtype)
+    counts = weights.sum(dim=0)  # [N]
+    used = counts > 0
+    if not bool(used.any()):
         return prediction.sum() * 0.0
+    mse = (squared * weights).sum(dim=0)[used] / counts[used]
     return (10.0 / math.log(10.0)) * torch.log(mse + PSNR_EPS).mean()
 
 
@@ -92,12 +121,14 @@ class Stage1Task:
             n = model.cfg.num_contrasts
             self.discriminator = PatchDiscriminator(n, n, dim=model.cfg.discriminator_dim).to(dist.device).train()
             self.discriminator_net = wrap_ddp(self.discriminator, dist)
-            self.optimizers["discriminator"] = make_adamw(
-                list(self.discriminator.parameters()), cfg, cfg.discriminator_lr
+            optimizer = make_adamw(
+                list(self.discriminator.parameters()), cfg, cfg.discriminator_lr, cfg.discriminator_betas
             )
-            # The discriminator's schedule starts when it starts training.
-            self.schedulers["discriminator"] = make_cosine_schedule(
-                self.optimizers["discriminator"], cfg, cfg.steps - cfg.gan_start_step
+            self.optimizers["discriminator"] = optimizer
+            self.schedulers["discriminator"] = (
+                make_constant_schedule(optimizer)
+                if cfg.discriminator_schedule == "constant"
+                else make_cosine_schedule(optimizer, cfg, cfg.steps)
             )
 
     @property
@@ -112,17 +143,17 @@ class Stage1Task:
 
     def train_step(self, batch: dict[str, Tensor], step: int, generator: torch.Generator) -> dict[str, float]:
         images, context = batch["image"], batch.get("context")
-        available = random_availability(images.shape[0], images.shape[1], generator).to(images.device)
+        available = draw_availability(images, self.cfg, step, generator)
         gan_active = self.discriminator is not None and step >= self.cfg.gan_start_step
 
         with autocast(self.dist):
-            recon = reconstruction(self.net(images, available, context)).float()
+            recon = reconstruction(self.net(batch.get("input", images), available, context)).float()
         loss_missing = masked_psnr_loss(recon, images, ~available)
         loss_available = masked_psnr_loss(recon, images, available)
         loss = self.cfg.lambda_missing * loss_missing + self.cfg.lambda_available * loss_available
         metrics = {"loss_missing": loss_missing.item(), "loss_available": loss_available.item()}
 
-        condition = images * available.to(images.dtype).view(*available.shape, 1, 1)
+        condition = images  # the complete real set, as the authors condition their discriminator
         composed = torch.where(available.view(*available.shape, 1, 1), images, recon)
         if gan_active:
             with frozen(self.discriminator) as critic, autocast(self.dist):
@@ -136,7 +167,7 @@ class Stage1Task:
         metrics["grad_norm"] = clip_and_step(optimizer, self.schedulers["generator"], self.cfg.grad_clip)
         metrics["loss"] = loss.item()
 
-        if gan_active:
+        if self.discriminator is not None:  # from the first step, so D is a critic by the time the G term joins
             metrics["loss_discriminator"] = self._discriminator_step(images, composed.detach(), condition, available)
         return metrics
 

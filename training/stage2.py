@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from codebrain_node.model import CodeBrain, encoder_input, grading_accuracy, grading_loss
 from training.loop import Distributed, autocast, clip_and_step, make_adamw, make_cosine_schedule, wrap_ddp
-from training.stage1 import masked_psnr_loss, random_availability
+from training.stage1 import draw_availability, masked_psnr_loss, random_availability
 from training.train_config import TrainConfig
 
 
@@ -41,17 +41,19 @@ class Stage2Task:
         return self.model
 
     def _logits_and_targets(
-        self, images: Tensor, available: Tensor, context: Tensor | None, prior: nn.Module
+        self, images: Tensor, inputs: Tensor, available: Tensor, context: Tensor | None, prior: nn.Module
     ) -> tuple[Tensor, Tensor]:
+        """The prior's logits on what it reads (``inputs``, maybe intensity-augmented) and the frozen posterior's
+        codes of the clean complete set."""
         targets = self.model.code_levels(images, context)
         with autocast(self.dist):
-            logits = prior(encoder_input(self.model.cfg, images, available, context))
+            logits = prior(encoder_input(self.model.cfg, inputs, available, context))
         return logits.float(), targets
 
     def train_step(self, batch: dict[str, Tensor], step: int, generator: torch.Generator) -> dict[str, float]:
         images, context = batch["image"], batch.get("context")
-        available = random_availability(images.shape[0], images.shape[1], generator).to(images.device)
-        logits, targets = self._logits_and_targets(images, available, context, self.prior)
+        available = draw_availability(images, self.cfg, step, generator)
+        logits, targets = self._logits_and_targets(images, batch.get("input", images), available, context, self.prior)
         cfg = self.model.cfg
         loss = grading_loss(logits, targets, cfg.levels, cfg.grading)
         optimizer = self.optimizers["prior"]
@@ -67,7 +69,7 @@ class Stage2Task:
         available = random_availability(images.shape[0], images.shape[1], generator).to(images.device)
         self.model.prior_encoder.eval()
         try:
-            logits, targets = self._logits_and_targets(images, available, context, self.model.prior_encoder)
+            logits, targets = self._logits_and_targets(images, images, available, context, self.model.prior_encoder)
             imputed = self.model.impute(images, available, context).images
         finally:
             self.model.prior_encoder.train()

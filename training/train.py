@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from codebrain_node.model import CodeBrain, DirectRegression, ModelConfig, load_inference_checkpoint
 from codebrain_node.resources import model_config_file, train_config_file
-from training.datasets import SubjectSplit, datasets_for_model
+from training.datasets import SubjectSplit, datasets_for_model, read_split_file
 from training.loop import (
     CHECKPOINT_NAME,
     INFERENCE_NAME,
@@ -121,7 +121,8 @@ def train(
         torch.manual_seed(cfg.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         model, model_cfg = _build_model(stage, arch, model_cfg, model_config, from_run)
         size = cfg.data.size or model_cfg.image_size
-        split = SubjectSplit(size, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+        assignment = read_split_file(cfg.data.split_file) if cfg.data.split_file else None
+        split = SubjectSplit(size, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed, assignment)
         if datasets is None:
             if data_dir is None:
                 raise ValueError("no data: pass --data DIR")

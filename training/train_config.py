@@ -21,11 +21,22 @@ class AugmentConfig:
 
     flip: bool = True
     rot90: bool = False
+    rot90_probability: float = 0.75  # of a k·90° turn (k in 1..3): 0.75 makes k uniform in 0..3; the authors: 0.5
     affine: bool = True
     affine_probability: float = 0.5
     max_rotation_degrees: float = 10.0
     max_scale: float = 0.1
     max_translation: float = 0.05
+    elastic: bool = False
+    elastic_probability: float = 0.5
+    elastic_max_px: float = 2.0  # largest displacement of the smooth random field, in pixels
+    # Intensity (network input only; the loss compares with the un-augmented contrasts): per contrast, a gamma
+    # exp(±gamma_log_range), a smooth multiplicative bias field exp(±bias_field), a contrast scale 1±contrast_jitter.
+    intensity: bool = False
+    intensity_probability: float = 0.5
+    gamma_log_range: float = 0.3
+    bias_field: float = 0.3
+    contrast_jitter: float = 0.1
     crop: int = 0  # 0: whole slices; else random crop×crop windows (multiple of 8)
 
 
@@ -37,6 +48,8 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
+    #: A committed subject split (``configs/splits/NAME.toml`` or a path): overrides the fractions and seed.
+    split_file: str | None = None
     cache_dir: str | None = None
     num_workers: int = 2
 
@@ -55,8 +68,13 @@ class TrainConfig:
     lambda_missing: float = 20.0
     lambda_available: float = 5.0
     gan_weight: float = 0.1
-    gan_start_step: int = 20_000
+    gan_start_step: int = 20_000  # the generator's adversarial term joins here; D trains from step 0
     discriminator_lr: float = 2e-4
+    discriminator_betas: tuple[float, float] = (0.5, 0.9)
+    discriminator_schedule: str = "constant"  # or "cosine" (the generator's schedule shape)
+    #: One missing-contrast pattern per batch (as the authors: every sample, and every rank, the same) or one per
+    #: sample.
+    mask_per: str = "batch"
     log_interval: int = 50
     val_interval: int = 2000
     val_batches: int = 8
@@ -67,6 +85,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "discriminator_betas", tuple(float(b) for b in self.discriminator_betas))
+        if self.mask_per not in ("batch", "sample"):
+            raise ValueError(f"mask_per must be 'batch' or 'sample', got {self.mask_per!r}")
+        if self.discriminator_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"discriminator_schedule must be 'constant' or 'cosine', got {self.discriminator_schedule!r}"
+            )
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -80,6 +105,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["betas"] = list(self.betas)
+        data["discriminator_betas"] = list(self.discriminator_betas)
         return data
 
     @classmethod

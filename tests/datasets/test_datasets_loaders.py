@@ -147,3 +147,16 @@ def test_shared_brats_case_is_found() -> None:
         pytest.skip(f"shared data absent: {root / 'BraTS-GLI-00001-000'} not found (set CODEBRAIN_SHARED_DATA)")
     cases = {case.subject: case for case in find_cases(root)}
     assert set(cases["BraTS-GLI-00001-000"].paths) == {Contrast.T1, Contrast.T1GD, Contrast.T2, Contrast.FLAIR}
+
+
+def test_a_committed_split_names_every_subject_and_leaves_the_rest_out(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for name in ("A", "B", "C", "A-native"):
+        _write(_volume(len(name)), data / name / "t1n.nii.gz")
+        _write(_volume(len(name) + 100), data / name / "t2w.nii.gz")
+    assignment = {"train": ["A", "B"], "val": [], "test": ["C"]}
+    splits = build_datasets(data, [Contrast.T1, Contrast.T2], size=160, assignment=assignment)
+    assert (set(splits.train.subjects), set(splits.test.subjects)) == ({"A", "B"}, {"C"})
+    assert "A-native" not in set(splits.train.subjects) | set(splits.val.subjects) | set(splits.test.subjects)
+    with pytest.raises(ValueError, match=r"lacks.*\['D'\]"):
+        build_datasets(data, [Contrast.T1, Contrast.T2], size=160, assignment={"train": ["A", "D"]})

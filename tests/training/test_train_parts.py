@@ -70,7 +70,7 @@ def test_train_config_stage_tables_override_and_typos_are_refused(tmp_path):
         TrainConfig.from_toml(path)
 
 
-@pytest.mark.parametrize("name", ["tiny", "default", "cpu_brats", "cpu_ablation"])
+@pytest.mark.parametrize("name", ["tiny", "default", "cpu_brats", "cpu_ablation", "cpu_real"])
 def test_shipped_train_configs_parse(name):
     from codebrain_node.resources import config_file
 
