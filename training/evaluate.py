@@ -14,6 +14,11 @@ complete set as input, and, for a model with the confidence output, how well tha
 (``ConfidenceTally``): the error of brain pixels grouped by confidence, and the rank correlation of a slice's mean
 confidence with its error. A confidence map is only worth showing a radiologist if low confidence means larger
 errors.
+
+Cost: each method is called with a few slices under all P patterns at once (one forward pass of S·P incomplete
+inputs, not P small ones); the posterior code reads the complete set, so the posterior row runs its encoder once
+per slice (and reuses that code for the Stage I reconstruction); the nearest contrast runs no network. SSIM is
+torchmetrics' (see ``training.metrics``), named in the table's footnote.
 """
 
 from __future__ import annotations
