@@ -471,10 +471,11 @@ def _spread(length: int, count: int) -> list[int]:
 def _training_split(data_dir: Path, checkpoint: Path, cfg: Any, every_subject: bool = False) -> Any:
     """The same subject split as training, read from the checkpoint's metadata (defaults otherwise).
 
-    ``every_subject`` puts every subject of ``data_dir`` in the train split (for held-out folders)."""
+    ``every_subject`` puts every subject of ``data_dir`` in the train split (for held-out folders), whatever
+    subjects a committed split (``assignment``) named."""
     from training.datasets import SubjectSplit, datasets_for_model
 
     split = SubjectSplit.from_json(read_checkpoint_metadata(checkpoint).get("data_split"), cfg.image_size)
     if every_subject:
-        split = replace(split, val_fraction=0.0, test_fraction=0.0)
+        split = replace(split, val_fraction=0.0, test_fraction=0.0, assignment=None)
     return datasets_for_model(data_dir, cfg, split)

@@ -212,6 +212,22 @@ def test_posterior_encoder_runs_once_per_slice_and_nearest_needs_no_network():
     assert sum(seen["posterior_encoder"]) == slices and seen["prior_encoder"] == []
 
 
+def test_split_all_scores_every_subject_even_with_a_committed_split(tmp_path, monkeypatch):
+    import training.datasets
+    from training.datasets import SubjectSplit
+    from training.evaluate import _training_split
+
+    cfg = tiny_model_config(("T1", "T2", "FLAIR"))
+    split = SubjectSplit(size=32, assignment={"train": ["a"], "val": ["b"], "test": ["c"]})
+    checkpoint = save_inference_checkpoint(CodeBrain(cfg), tmp_path / "cb.safetensors", {"data_split": split.to_json()})
+    asked = []
+    monkeypatch.setattr(training.datasets, "datasets_for_model", lambda _dir, _cfg, split: asked.append(split))
+    _training_split(tmp_path, checkpoint, cfg)
+    _training_split(tmp_path, checkpoint, cfg, every_subject=True)
+    assert asked[0] == split  # test/val: the subjects training held out
+    assert asked[1].assignment is None and asked[1].val_fraction == asked[1].test_fraction == 0.0
+
+
 def _tally_of(confidence: torch.Tensor, error: torch.Tensor) -> dict:
     """One missing contrast (index 1) whose |error| and confidence are given per pixel."""
     truth = torch.zeros(confidence.shape[0], 2, *confidence.shape[-2:])
