@@ -47,6 +47,9 @@ from training.baselines import NearestContrast
 from training.metrics import SSIM_IMPLEMENTATION, psnr, slice_metrics
 
 Pattern = tuple[int, ...]  # indices of the available contrasts
+# Incomplete inputs per forward pass. A CPU gains nothing per input from larger batches (one slice's 14 BraTS
+# patterns at a time keeps memory small and progress frequent); a GPU needs many to be busy.
+BATCH_SIZE = {"cpu": 16, "cuda": 128}
 
 
 # --- the protocol ---------------------------------------------------------------------------------------------
@@ -82,8 +85,11 @@ class Method(Protocol):
 
 
 def per_pattern(values: Tensor, patterns: int) -> Tensor:
-    """``[S, ...]`` → ``[S·P, ...]``: each slice's tensor once for each of its ``patterns`` (slice-major)."""
-    return values.repeat_interleave(patterns, dim=0)
+    """``[S, ...]`` → ``[S·P, ...]``: each slice's tensor once for each of its ``patterns`` (slice-major), in the
+    memory format it came in (channels_last is what the model runs fastest on)."""
+    channels_last = values.ndim == 4 and values.is_contiguous(memory_format=torch.channels_last)
+    repeated = values.repeat_interleave(patterns, dim=0)
+    return repeated.contiguous(memory_format=torch.channels_last) if channels_last else repeated
 
 
 class ConfidenceTally:
@@ -171,7 +177,7 @@ class PosteriorCodeMethod:
     The code reads the complete set, so it is the same for every pattern: the posterior encoder runs once per
     slice and only the common encoder and decoder (which read the incomplete set) run once per pattern. Decoding
     the complete set as well gives the Stage I reconstruction PSNR per slice, kept in ``reconstruction_psnr``
-    (set it to None to stop recording). Full precision, like training's validation.
+    (set it to None to stop recording). Full precision (no bf16), like training's validation.
     """
 
     model: CodeBrain
@@ -180,9 +186,10 @@ class PosteriorCodeMethod:
 
     def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor:
         s, p = available.shape[:2]
-        images = images.float()
+        images = images.float().contiguous(memory_format=torch.channels_last)  # as impute(): ~25 % faster on CPU
         with torch.inference_mode():
             codes, _ = self.model.encode_codes(images, context)
+            codes = codes.contiguous(memory_format=torch.channels_last)
             if self.reconstruction_psnr is not None:
                 complete = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
                 recon = self.model.decode(codes, images, complete, context).float().clamp(0, 1)
@@ -261,16 +268,18 @@ def score_methods(
     dataset: Dataset,
     contrasts: Sequence[str],
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> EvaluationResult:
     """Score every method on every (pattern, target) pair of every slice of ``dataset``.
 
     ``batch_size`` counts incomplete inputs per forward pass: ⌊batch_size / P⌋ slices (at least one), each under
-    all P patterns. ``progress`` reports slices done, slices/s and the time left on stderr.
+    all P patterns; by default ``BATCH_SIZE`` for the device. ``progress`` reports slices done, slices/s and the
+    time left on stderr.
     """
     device = torch.device(device)
+    batch_size = batch_size or BATCH_SIZE.get(device.type, BATCH_SIZE["cpu"])
     n = len(contrasts)
     patterns, pairs = missing_patterns(n), pattern_pairs(n)
     available = torch.zeros(len(patterns), n, dtype=torch.bool, device=device)  # [P, N], the same for every slice
@@ -375,7 +384,7 @@ def evaluate(
     *,
     direct_checkpoint: str | Path | None = None,
     split: str = "test",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     max_slices: int | None = None,
     device: str | None = None,
     datasets: Any = None,
