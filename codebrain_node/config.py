@@ -91,7 +91,10 @@ class DicomSettings(_Section):
 
 
 class RoutingSettings(_Section):
+    #: Seconds with no new instance, counted from the release of the last association that delivered one.
     quiet_period_s: Annotated[float, Field(ge=0)] = 60.0
+    #: Seconds after its last instance at which a study still held by an open association is settled anyway.
+    force_complete_after_s: Annotated[float, Field(gt=0)] = 900.0
     check_interval_s: Annotated[float, Field(gt=0)] = 5.0
     #: Contrasts to synthesise when missing; empty means every contrast the model knows.
     synthesize: list[Contrast] = Field(default_factory=list)
@@ -120,6 +123,10 @@ class DestinationSettingsBase(_Section):
     #: What Export rows refer to; unique among the destinations.
     name: Annotated[str, Field(min_length=1)]
     kind: str
+    #: Send an IHE IOCM rejection note (a Key Object Selection Document titled (113001, DCM, "Rejected for
+    #: Quality Reasons")) here when a synthetic series already sent is superseded. Only for destinations that
+    #: act on one (hide or delete the series it lists); elsewhere it would be stored as one more object.
+    accepts_rejection_notes: bool = False
 
 
 class DicomDestinationSettings(DestinationSettingsBase):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 from contextlib import closing
 from pathlib import Path
 
@@ -14,6 +16,17 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 #: DCMTK's tools by full path: pynetdicom installs a ``storescu`` of its own on PATH.
 STORESCU = Path("/usr/bin/storescu")
 STORESCP = Path("/usr/bin/storescp")
+#: dicom3tools' IOD checker.
+DCIODVFY = Path("/usr/bin/dciodvfy")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's "Error" lines for one file (warnings are not failures)."""
+    run = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, timeout=60, check=False)
+    lines = (run.stdout + run.stderr).splitlines()
+    errors = [line for line in lines if line.startswith("Error")]
+    # Its dictionary predates Synthetic Data (0008,001C): the one error it may report.
+    return [line for line in errors if not re.search(r"0x0008,0x001c", line, re.IGNORECASE)]
 
 
 def free_port() -> int:

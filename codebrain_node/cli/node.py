@@ -85,7 +85,9 @@ def demo(
 
 def _demo_lines(result: DemoResult) -> Iterator[str]:
     """How the study ended, and where to look: each synthetic series, the folder PACS, the contact sheet."""
-    yield f"study {result.state} in {result.seconds:.0f} s"
+    yield f"study {result.state} in {result.seconds:.0f} s ({result.jobs} job{'s' if result.jobs != 1 else ''})"
+    if result.superseded:
+        yield f"  {result.superseded} superseded synthetic series left out (never current, withdrawn where sent)"
     for name, path in result.synthetic.items():
         yield f"  {name}: {path}"
     yield f"folder PACS: {result.pacs}"

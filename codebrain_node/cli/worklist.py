@@ -83,18 +83,20 @@ def _detail_lines(detail: StudyDetail, show_patient: bool) -> Iterator[str]:
     yield f"study {s.id}  {s.study_instance_uid}  {detail.status_label}"
     if show_patient:
         yield f"  patient {s.patient_name or ''} [{s.patient_id or ''}]  accession {s.accession_number or ''}"
-    for series in [*detail.acquired, *detail.synthetic]:
-        kind = "synthetic" if series.is_synthetic else "acquired "
+    for series in [*detail.acquired, *detail.synthetic, *detail.superseded]:
+        kind = "superseded" if series.superseded_at else "synthetic " if series.is_synthetic else "acquired  "
         yield (
             f"  {kind} {series.contrast or '?':<6} #{series.series_number or '':<5} "
             f"{len(series.instances):>4} instances  {series.series_instance_uid}"
+            + (f"  ({series.superseded_reason})" if series.superseded_at else "")
         )
     for job in detail.jobs:
         timings = ", ".join(f"{k} {v:.2f}s" for k, v in (job.timings or {}).items() if isinstance(v, int | float))
         inputs = ", ".join(sorted(job.inputs or {}))
         yield f"  job #{job.id} {job.status} model={job.model_name or '-'} inputs={inputs} [{timings}]"
     for export in detail.exports:
-        where = f"{export.series.contrast} -> {export.destination}"
+        what = "rejection note " if export.kind == "rejection_note" else ""
+        where = f"{what}{export.series.contrast} #{export.series.series_number or ''} -> {export.destination}"
         yield f"  export {where}: {export.status} ({export.attempts} attempts)"
     for event in detail.audit:
         details = ", ".join(f"{k}={v}" for k, v in (event.details or {}).items() if v not in (None, ""))

@@ -1,9 +1,11 @@
 """The database: models (the spine) and sessions/migrations."""
 
 from codebrain_node.db.models import (
+    Association,
     AuditEvent,
     Base,
     Export,
+    ExportKind,
     ExportStatus,
     Instance,
     Job,
@@ -15,9 +17,11 @@ from codebrain_node.db.models import (
 from codebrain_node.db.session import make_engine, session_factory, transaction, upgrade
 
 __all__ = [
+    "Association",
     "AuditEvent",
     "Base",
     "Export",
+    "ExportKind",
     "ExportStatus",
     "Instance",
     "Job",

@@ -15,6 +15,7 @@ through ``lifecycle.transition``:
     job:   QUEUED ─claim─► RUNNING ─finish─► DONE           study: QUEUED ─► IMPUTING ─► WRITTEN
                               └─fail/expired─► QUEUED (attempts < max) ─┐          IMPUTING ─► QUEUED (retry)
                                               FAILED (attempts = max)  │          IMPUTING ─► FAILED
+           QUEUED ─withdraw─► CANCELLED  (instances arrived before any worker claimed it)   QUEUED ─► RECEIVING
 """
 
 from __future__ import annotations
@@ -225,6 +226,28 @@ def requeue_orphaned_jobs(
         log.warning("job %s: worker %s is gone; now %s", job.id, worker, status.value)
         taken.append(job.id)
     return taken
+
+
+def withdraw_queued_job(session: Session, study: Study, actor: str) -> bool:
+    """Instances arrived for a study whose job no worker has claimed yet: cancel the job, study QUEUED → RECEIVING.
+
+    The study is then planned again, once, with everything it holds, instead of imputed now from what it had and
+    again later. Returns False (nothing changed) when the study is not QUEUED or its job was claimed meanwhile:
+    a running job's engine sees the new instances when it records its result.
+    """
+    if StudyState(study.state) is not StudyState.QUEUED:
+        return False
+    result = session.execute(
+        update(Job)
+        .where(Job.study_id == study.id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), error="withdrawn: instances arrived before it ran")
+        .execution_options(synchronize_session="fetch")
+    )
+    if not result.rowcount:
+        return False
+    transition(session, study, StudyState.RECEIVING, actor, reason="new instances before the job ran; planned again")
+    log.info("study id %s: queued job withdrawn, new instances arrived; planned again when stable", study.id)
+    return True
 
 
 def _record_failure(session: Session, job: Job, error: str, actor: str, *, permanent: bool = False) -> JobStatus:

@@ -1,12 +1,17 @@
 """A study's life as one explicit state machine; every transition is checked here and leaves an audit event.
 
     receiving ─► stable ─► queued ─► imputing ─► written ─► awaiting_review ─► approved ─► exported
-                   │                    │  ▲                      │                │ ▲
-                   ▼                    ▼  └─ queued (retry)      ▼                ▼ └─ (export retry)
-                ignored               failed                   rejected        dead_letter
+                   │  │                 │  ▲        ▲             │                │ ▲
+                   │  └─────────────────┼──┼────────┘             ▼                ▼ └─ (export retry)
+                   ▼                    ▼  └─ queued (retry)   rejected        dead_letter
+                ignored               failed
 
 A new acquired instance sends a settled study back to ``receiving`` (the study changed, so it is looked at
-again); studies being queued or imputed keep their state and are looked at again when their job ends.
+again). A study whose job is still queued goes back too, and the job is withdrawn (``jobs.withdraw_queued_job``),
+so the study is planned once with everything it holds instead of imputed twice; a study being imputed keeps its
+state, and its results go back to ``receiving`` with it when the job ends (``written → receiving``) rather than
+out to PACS. When the study settles again with the inputs of a job already done, that job's results are current
+again: ``stable → written`` and on by the export policy.
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ S = StudyState
 
 ALLOWED: dict[StudyState, frozenset[StudyState]] = {
     S.RECEIVING: frozenset({S.STABLE}),
-    S.STABLE: frozenset({S.QUEUED, S.IGNORED, S.RECEIVING}),
-    S.QUEUED: frozenset({S.IMPUTING, S.FAILED}),
+    S.STABLE: frozenset({S.QUEUED, S.IGNORED, S.RECEIVING, S.WRITTEN}),
+    S.QUEUED: frozenset({S.IMPUTING, S.FAILED, S.RECEIVING}),
     S.IMPUTING: frozenset({S.WRITTEN, S.QUEUED, S.FAILED}),
-    S.WRITTEN: frozenset({S.AWAITING_REVIEW, S.APPROVED}),
+    S.WRITTEN: frozenset({S.AWAITING_REVIEW, S.APPROVED, S.RECEIVING}),
     S.AWAITING_REVIEW: frozenset({S.APPROVED, S.REJECTED, S.RECEIVING}),
     S.APPROVED: frozenset({S.EXPORTED, S.DEAD_LETTER, S.RECEIVING}),
     S.DEAD_LETTER: frozenset({S.APPROVED, S.RECEIVING}),
@@ -36,8 +41,11 @@ ALLOWED: dict[StudyState, frozenset[StudyState]] = {
     S.FAILED: frozenset({S.RECEIVING, S.QUEUED}),
 }
 
-#: States in which a newly received acquired instance reopens the study.
-REOPENABLE = frozenset(state for state, targets in ALLOWED.items() if S.RECEIVING in targets)
+#: States in which a newly received acquired instance reopens the study. A queued study goes back only with its
+#: job withdrawn (``jobs.withdraw_queued_job``); a written one only by its engine, which holds the job.
+REOPENABLE = frozenset(
+    state for state, targets in ALLOWED.items() if S.RECEIVING in targets and state not in (S.QUEUED, S.WRITTEN)
+)
 
 
 class TransitionError(RuntimeError):
@@ -63,6 +71,15 @@ def transition(session: Session, study: Study, target: StudyState, actor: str, *
     if study.id is None:
         session.flush()
     audit(session, actor, f"state:{target.value}", study, previous=current.value, **details)
+
+
+def apply_export_policy(session: Session, study: Study, policy: str) -> None:
+    """WRITTEN onwards: ``auto`` approves now (the exporter sends on its next round); ``review`` waits for a
+    radiologist."""
+    if policy == "auto":
+        transition(session, study, S.APPROVED, actor="policy:auto")
+    else:
+        transition(session, study, S.AWAITING_REVIEW, actor="policy:review")
 
 
 def reopen_if_settled(session: Session, study: Study, actor: str = "receiver") -> bool:

@@ -1,4 +1,4 @@
-"""The spine of the node: every study, series, instance, job, export and audit event lives here.
+"""The spine of the node: every study, series, instance, association, job, export and audit event lives here.
 
 The schema is made only by the Alembic migrations in ``alembic/versions``; a test checks that these models and
 the migrations never drift apart. States are stored as short strings (portable across SQLite and PostgreSQL).
@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -75,12 +76,24 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    #: Withdrawn before any worker claimed it: instances arrived, so the study is planned again (one job runs).
+    CANCELLED = "cancelled"
 
 
 class ExportStatus(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     DEAD_LETTER = "dead_letter"
+    #: Never to be sent: its series was superseded before delivery.
+    CANCELLED = "cancelled"
+
+
+class ExportKind(StrEnum):
+    """What an Export row delivers: the synthetic series itself, or the IHE IOCM rejection note that withdraws
+    it (a Key Object Selection Document, PS3.3 A.35.4) after it was superseded."""
+
+    SERIES = "series"
+    REJECTION_NOTE = "rejection_note"
 
 
 class Study(Base):
@@ -121,6 +134,12 @@ class Series(Base):
     #: True for series this node wrote (they are never inputs).
     is_synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: A synthetic series no longer current: its contrast was acquired after all, or a newer synthetic series
+    #: (made from changed inputs) replaces it. Kept, never deleted; never sent again, never approved.
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The series that took its place (the acquired one, or the replacement), when there is one.
+    superseded_by_series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id", ondelete="SET NULL"))
+    superseded_reason: Mapped[str | None] = mapped_column(String(256))
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series", cascade="all, delete-orphan")
@@ -139,6 +158,8 @@ class Instance(Base):
     path: Mapped[str] = mapped_column(String(1024))
     size_bytes: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The association that delivered it (None: written by this node, or filed from the spool after a crash).
+    association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id", ondelete="SET NULL"), index=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -151,6 +172,35 @@ def instance_file(recorded: str, data_dir: Path) -> Path:
     """Where a recorded instance path points (one rule for every stage that opens instance files)."""
     path = Path(recorded)
     return path if path.is_absolute() else Path(data_dir) / path
+
+
+class Association(Base):
+    """One DICOM association a peer opened with our Storage SCP (PS3.8 7.1), from A-ASSOCIATE-AC to its release,
+    abort or lost connection.
+
+    A study is not complete while an association that delivered any of its instances is open (``route/stable.py``):
+    kept in the database, not in the receiver's memory, so every node sharing the database decides alike and
+    ``status`` can show it. ``receiver`` (``host:pid``) names the process that accepted it, so a restarted node
+    closes the rows its dead predecessor left open.
+    """
+
+    __tablename__ = "associations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The receiver's own name for it, so instances can refer to it before the row exists.
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    receiver: Mapped[str] = mapped_column(String(128))
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    called_ae_title: Mapped[str | None] = mapped_column(String(16))
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    peer_port: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: None while open.
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    #: ``released``, ``aborted``, ``connection closed``, ``receiver stopped`` or ``receiver died``.
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Job(Base):
@@ -181,17 +231,21 @@ class Job(Base):
 
 
 class Export(Base):
-    """Delivery of one synthetic series to one destination; at most one row per (series, destination)."""
+    """Delivery of one synthetic series, or of the rejection note that withdraws it, to one destination; at most
+    one row per (series, destination, kind)."""
 
     __tablename__ = "exports"
     __table_args__ = (
-        UniqueConstraint("series_id", "destination", name="uq_exports_series_destination"),
+        UniqueConstraint("series_id", "destination", "kind", name="uq_exports_series_destination_kind"),
         Index("ix_exports_status_next", "status", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[ExportKind] = mapped_column(_state(ExportKind), default=ExportKind.SERIES)
+    #: The file a rejection note sends (the series' own files are its Instance rows).
+    path: Mapped[str | None] = mapped_column(String(1024))
     status: Mapped[ExportStatus] = mapped_column(_state(ExportStatus), default=ExportStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

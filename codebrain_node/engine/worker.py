@@ -5,8 +5,12 @@ a PostgreSQL queue and a shared data folder, never run one job twice. Everything
 and on disk, so a worker that dies loses nothing: its lease expires and another worker retries the job.
 
 Each step is one transaction: the claim; the inputs read and any left out audited; and the result — job DONE,
-the synthetic series recorded from what the writer reports, the study approved or sent to review. The exporter
-picks approved studies up from the database; the engine never calls it.
+the synthetic series recorded from what the writer reports, the earlier synthetic series of the same contrasts
+superseded (a job made again from changed inputs replaces them: a new series number, a description naming the
+one it replaces), the study approved or sent to review. If acquired instances arrived while the job ran, the
+result goes back to ``receiving`` with the study instead (the scheduler plans it again with the late series, and
+nothing of this result is sent before). The exporter picks approved studies up from the database; the engine
+never calls it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +35,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db import jobs
-from codebrain_node.db.lifecycle import audit, reopen_if_settled, transition
-from codebrain_node.db.models import Instance, Job, Series, Study, StudyState, as_utc
+from codebrain_node.db.lifecycle import apply_export_policy, audit, reopen_if_settled, transition
+from codebrain_node.db.models import Instance, Job, JobStatus, Series, Study, StudyState, as_utc
 from codebrain_node.db.session import transaction
+from codebrain_node.db.superseding import current_synthetic, supersede
 from codebrain_node.engine.weights import LoadedModel, load_model
 from codebrain_node.imaging.preprocess import (
     REFERENCE_PREFERENCE,
@@ -51,6 +57,14 @@ log = logging.getLogger(__name__)
 class JobResult:
     written: dict[Contrast, WrittenSeries] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Numbering:
+    """Series numbers already used in the study, and the current synthetic series each target replaces."""
+
+    taken: frozenset[int] = frozenset()
+    replaces: Mapping[Contrast, int] = field(default_factory=dict)
 
 
 def worker_name() -> str:
@@ -123,8 +137,14 @@ def impute_study(
     out_dir: Path,
     batch_size: int,
     image_size: int,
+    numbering: Numbering | None = None,
 ) -> JobResult:
-    """The pure pipeline of one job (no database): preprocess → model → invert → write, timed per stage."""
+    """The pure pipeline of one job (no database): preprocess → model → invert → write, timed per stage.
+
+    ``numbering``: the study's used series numbers (a new series never takes one) and, per target, the number of
+    the earlier synthetic series it replaces.
+    """
+    numbering = numbering or Numbering()
     result = JobResult()
     clock = time.perf_counter()
     available = [contrast for contrast in REFERENCE_PREFERENCE if contrast in inputs]
@@ -145,7 +165,10 @@ def impute_study(
     sources = {contrast: inputs[contrast].headers for contrast in available}
     # only the slices of acquired reference images are written (not those interpolated into a gap)
     restored_confidence = None if confidence is None else restore_map(prepared, confidence)[on_reference]
+    taken = set(numbering.taken)
     for number, target in enumerate(targets, start=1):
+        series_number = _series_number(reference_datasets, number, taken)
+        taken.add(series_number)
         restored = restore(prepared, output[order.index(target)])
         pixels = sitk.GetArrayFromImage(restored).astype(np.float32)[on_reference]
         result.written[target] = write_synthetic_series(
@@ -156,17 +179,22 @@ def impute_study(
             model_version=model.version,
             sources=sources,
             out_dir=out_dir,
-            series_number=_series_number(reference_datasets, number),
+            series_number=series_number,
             confidence=restored_confidence,
+            replaces=numbering.replaces.get(target),
         )
     result.timings["write_s"] = time.perf_counter() - clock
     return result
 
 
-def _series_number(reference: Sequence[pydicom.Dataset], offset: int) -> int:
-    """Synthetic series sort after the reference in viewers: 1000 + reference number + offset."""
+def _series_number(reference: Sequence[pydicom.Dataset], offset: int, taken: set[int] | None = None) -> int:
+    """Synthetic series sort after the reference in viewers: 1000 + 10 x reference number + offset, then + 100
+    until the number is not yet used in the study (a replacement never reuses the number of what it replaces)."""
     base = int(getattr(reference[0], "SeriesNumber", 0) or 0)
-    return 1000 + base * 10 + offset
+    number = 1000 + base * 10 + offset
+    while taken and number in taken:
+        number += 100
+    return number
 
 
 def record_written_series(session: Session, study: Study, written: Mapping[Contrast, WrittenSeries]) -> list[Series]:
@@ -200,12 +228,45 @@ def record_written_series(session: Session, study: Study, written: Mapping[Contr
     return created
 
 
-def apply_export_policy(session: Session, study: Study, settings: Settings) -> None:
-    """``auto``: approve now (the exporter sends it on its next round); ``review``: wait for a radiologist."""
-    if settings.export.policy == "auto":
-        transition(session, study, StudyState.APPROVED, actor="policy:auto")
-    else:
-        transition(session, study, StudyState.AWAITING_REVIEW, actor="policy:review")
+def supersede_replaced(session: Session, study: Study, new_series: Sequence[Series], job: Job, actor: str) -> None:
+    """The earlier current synthetic series of each contrast a job made again are superseded by the new one."""
+    session.flush()
+    inputs = ", ".join(sorted(job.inputs or {}))
+    by_contrast = {series.contrast: series for series in new_series}
+    for series in current_synthetic(session, study.id):
+        replacement = by_contrast.get(series.contrast)
+        if replacement is None or replacement.id == series.id:
+            continue
+        reason = f"replaced by series #{replacement.series_number} (inputs {inputs})"
+        supersede(session, series, by=replacement, reason=reason, actor=actor)
+
+
+def acquired_since(session: Session, study: Study, moment: datetime) -> bool:
+    """Did an acquired instance of ``study`` arrive after ``moment`` (while its job waited or ran)?"""
+    moment = as_utc(moment)
+    query = (
+        select(Instance.id)
+        .join(Series)
+        .where(Series.study_id == study.id, Series.is_synthetic.is_(False), Instance.received_at > moment)
+        .limit(1)
+    )
+    return session.scalars(query).first() is not None
+
+
+def study_numbering(session: Session, study: Study, targets: Sequence[Contrast]) -> Numbering:
+    """The numbers the study's series use, and the current synthetic series of each target (what it replaces)."""
+    taken = frozenset(
+        number
+        for number in session.scalars(select(Series.series_number).where(Series.study_id == study.id))
+        if number is not None
+    )
+    wanted = {target.value: target for target in targets}
+    replaces = {
+        wanted[series.contrast]: series.series_number
+        for series in current_synthetic(session, study.id)
+        if series.contrast in wanted and series.series_number is not None
+    }
+    return Numbering(taken=taken, replaces=replaces)
 
 
 class Engine:
@@ -290,15 +351,24 @@ class Engine:
                 worker_id=self.name,
             )
             study = job.study
-            record_written_series(session, study, result.written)
-            apply_export_policy(session, study, self.settings)
-            # Instances that arrived while the job ran were not among its inputs: look at the study again.
-            if as_utc(study.last_received_at) > as_utc(job.claimed_at or job.created_at):
-                reopen_if_settled(session, study, actor=f"engine:{self.name}")
+            actor = f"engine:{self.name}"
+            created = record_written_series(session, study, result.written)
+            supersede_replaced(session, study, created, job, actor)
+            # Instances that arrived while the job ran were not among its inputs: nothing of this result goes out
+            # before the study is planned again with them (the late series may be one of the contrasts made here).
+            if acquired_since(session, study, job.created_at):
+                transition(session, study, StudyState.RECEIVING, actor, job_id=job.id, reason="instances arrived")
+            else:
+                apply_export_policy(session, study, self.settings.export.policy)
 
     def _fail(self, job_id: int, error: str, *, permanent: bool = False) -> None:
+        """Record the failure; a study that failed for good while a late series arrived is looked at again (the
+        late series may be what it lacked)."""
         with transaction(self.factory) as session:
-            jobs.fail_job(session, job_id, error, worker_id=self.name, permanent=permanent)
+            status = jobs.fail_job(session, job_id, error, worker_id=self.name, permanent=permanent)
+            job = session.get(Job, job_id)
+            if status is JobStatus.FAILED and job is not None and acquired_since(session, job.study, job.created_at):
+                reopen_if_settled(session, job.study, actor=f"engine:{self.name}")
 
     def _run(self, job_id: int) -> JobResult:
         with transaction(self.factory) as session:
@@ -307,6 +377,7 @@ class Engine:
             clock = time.perf_counter()
             inputs, skipped = load_inputs(session, job, self.settings.paths.data_dir)
             targets = [Contrast(name) for name in job.targets]
+            numbering = study_numbering(session, job.study, targets)
             for reason in skipped:
                 log.warning("job %s: input left out: %s", job.id, reason)
                 audit(session, f"engine:{self.name}", "input_skipped", job.study, job_id=job.id, reason=reason)
@@ -319,6 +390,7 @@ class Engine:
             out_dir,
             batch_size=self.settings.model.batch_size,
             image_size=int(getattr(self.model.network.cfg, "image_size", 256)),
+            numbering=numbering,
         )
         result.timings["load_s"] = load_s
         return result

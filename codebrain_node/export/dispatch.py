@@ -12,6 +12,13 @@ row PENDING with its lease: it is sent again when the lease ends (at least once,
 The study follows its exports: APPROVED → EXPORTED when every export is SENT, → DEAD_LETTER as soon as one is
 dead. ``codebrain-node export retry`` (:func:`retry_dead_letters`) gives dead rows fresh attempts and the study
 goes back to APPROVED.
+
+Only current series go out. A series export waits while its study is not approved (reopened by a late series,
+say: the scheduler first decides whether the series still stands), and a superseded series is never sent: each
+round cancels its unsent rows (:func:`retract_superseded`) and, for every destination that already holds it and
+``accepts_rejection_notes``, schedules an IHE IOCM rejection note (one Key Object Selection Document per series,
+``write/rejection_note.py``) as an Export row of kind ``rejection_note``, sent, retried and dead-lettered like any
+other, whatever the study's state (withdrawing a wrong image from PACS waits for no one).
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from codebrain_node.config import Settings
 from codebrain_node.db.lifecycle import audit, transition
 from codebrain_node.db.models import (
     Export,
+    ExportKind,
     ExportStatus,
     Instance,
     Series,
@@ -40,11 +48,15 @@ from codebrain_node.db.models import (
 )
 from codebrain_node.db.session import transaction
 from codebrain_node.export.base import DeliveryError, Destination, destination_class
+from codebrain_node.write.rejection_note import rejection_series_number, write_rejection_note
 
 log = logging.getLogger(__name__)
 
 ACTOR = "exporter"
 Clock = Callable[[], datetime]
+
+#: Study states in which a current series is sent (a dead-lettered study keeps sending its other rows).
+SENDING_STATES = (StudyState.APPROVED, StudyState.DEAD_LETTER, StudyState.EXPORTED)
 
 
 def build_destinations(settings: Settings) -> dict[str, Destination[Any]]:
@@ -61,16 +73,25 @@ def backoff_s(attempts: int, initial_s: float, max_s: float) -> float:
 
 
 def schedule_exports(session: Session, study: Study, settings: Settings, *, now: Clock = utcnow) -> int:
-    """Create the missing Export rows for ``study``'s synthetic series (call on APPROVED); returns how many."""
+    """Create the missing Export rows for ``study``'s current synthetic series (call on APPROVED); returns how
+    many. Superseded series never get one."""
     names = [entry.name for entry in settings.export.destinations]
     if not names:
         log.warning("study %s approved but export.destinations is empty: nothing to send", study.study_instance_uid)
         return 0
-    series_ids = list(session.scalars(select(Series.id).where(Series.study_id == study.id, Series.is_synthetic)))
+    series_ids = list(
+        session.scalars(
+            select(Series.id).where(Series.study_id == study.id, Series.is_synthetic, Series.superseded_at.is_(None))
+        )
+    )
     if not series_ids:
         return 0
     existing = set(
-        session.execute(select(Export.series_id, Export.destination).where(Export.series_id.in_(series_ids))).all()
+        session.execute(
+            select(Export.series_id, Export.destination).where(
+                Export.series_id.in_(series_ids), Export.kind == ExportKind.SERIES
+            )
+        ).all()
     )
     created = 0
     for series_id in series_ids:
@@ -86,6 +107,109 @@ def schedule_exports(session: Session, study: Study, settings: Settings, *, now:
     return created
 
 
+def retract_superseded(session: Session, settings: Settings, *, now: Clock = utcnow) -> tuple[int, int]:
+    """Cancel the unsent rows of superseded series, and schedule a rejection note for each destination that
+    holds one and accepts notes; returns (cancelled, notes scheduled)."""
+    superseded = Series.superseded_at.is_not(None)
+    cancelled = 0
+    unsent = (ExportStatus.PENDING, ExportStatus.DEAD_LETTER)
+    query = select(Export).join(Series).where(superseded, Export.kind == ExportKind.SERIES, Export.status.in_(unsent))
+    for export in session.scalars(query):
+        export.status = ExportStatus.CANCELLED
+        export.last_error = "series superseded before it was sent"
+        cancelled += 1
+        series = export.series
+        audit(
+            session,
+            ACTOR,
+            "export:cancelled",
+            series.study,
+            series=series.series_instance_uid,
+            destination=export.destination,
+            reason=series.superseded_reason,
+        )
+    accepting = {entry.name for entry in settings.export.destinations if entry.accepts_rejection_notes}
+    scheduled = 0
+    if accepting:
+        note = aliased(Export)
+        has_note = exists().where(
+            note.series_id == Export.series_id,
+            note.destination == Export.destination,
+            note.kind == ExportKind.REJECTION_NOTE,
+        )
+        sent = session.scalars(
+            select(Export)
+            .join(Series)
+            .where(
+                superseded,
+                Export.kind == ExportKind.SERIES,
+                Export.status == ExportStatus.SENT,
+                Export.destination.in_(accepting),
+                ~has_note,
+            )
+        ).all()
+        for export in sent:
+            scheduled += _schedule_rejection_note(session, export.series, export.destination, settings, now)
+    return cancelled, scheduled
+
+
+def _schedule_rejection_note(session: Session, series: Series, destination: str, settings: Settings, now: Clock) -> int:
+    """One rejection-note row for (series, destination) unless there is one; one KOS file per series, shared."""
+    notes = list(
+        session.scalars(select(Export).where(Export.series_id == series.id, Export.kind == ExportKind.REJECTION_NOTE))
+    )
+    if any(note.destination == destination for note in notes):
+        return 0
+    path = next((note.path for note in notes if note.path), None)
+    if path is None:
+        files = [
+            instance_file(p, settings.paths.data_dir)
+            for p in session.scalars(
+                select(Instance.path).where(Instance.series_id == series.id).order_by(Instance.instance_number)
+            )
+        ]
+        study = series.study
+        try:
+            written = write_rejection_note(
+                files,
+                settings.paths.data_dir / "rejection_notes" / study.study_instance_uid,
+                series_number=rejection_series_number(series.series_number),
+                description=(
+                    f"Synthetic {series.contrast} series {series.series_number} withdrawn: {series.superseded_reason}"
+                ),
+            )
+        except Exception:  # one unwritable note (its files gone, say) must not stop the round; tried again next
+            log.exception("rejection note for series %s could not be written", series.series_instance_uid)
+            return 0
+        path = str(written.path)
+        log.info(
+            "rejection note %s for superseded series %s (%d instances)",
+            written.sop_instance_uid,
+            series.series_instance_uid,
+            written.rejected,
+        )
+    session.add(
+        Export(
+            series_id=series.id,
+            destination=destination,
+            kind=ExportKind.REJECTION_NOTE,
+            path=path,
+            status=ExportStatus.PENDING,
+            next_attempt_at=now(),
+        )
+    )
+    session.flush()
+    audit(
+        session,
+        ACTOR,
+        "export:rejection_note_scheduled",
+        series.study,
+        series=series.series_instance_uid,
+        destination=destination,
+    )
+    return 1
+
+
 def run_due_exports(
     factory: sessionmaker[Session],
     settings: Settings,
@@ -99,13 +223,17 @@ def run_due_exports(
         approved = list(session.scalars(select(Study).where(Study.state == StudyState.APPROVED)))
         for study in approved:
             schedule_exports(session, study, settings, now=now)
+        retract_superseded(session, settings, now=now)
     # an approved study with nothing left to send (say re-approved, every series already SENT) settles too
     touched_studies: set[int] = {study.id for study in approved}
     with factory() as session:
         due_ids = list(
             session.scalars(
                 select(Export.id)
+                .join(Series)
+                .join(Study)
                 .where(Export.status == ExportStatus.PENDING, Export.next_attempt_at <= now())
+                .where(_sendable())
                 .order_by(Export.next_attempt_at, Export.id)
             )
         )
@@ -124,6 +252,14 @@ def run_due_exports(
     return sent
 
 
+def _sendable():  # type: ignore[no-untyped-def]
+    """Rejection notes always; a series only while current and its study approved (or sending)."""
+    return or_(
+        Export.kind == ExportKind.REJECTION_NOTE,
+        and_(Series.superseded_at.is_(None), Study.state.in_(SENDING_STATES)),
+    )
+
+
 def _claim(
     factory: sessionmaker[Session], export_id: int, settings: Settings, now: Clock
 ) -> tuple[str, list[Path], int] | None:
@@ -132,14 +268,22 @@ def _claim(
         export = session.scalars(query).first()
         if export is None or export.status != ExportStatus.PENDING or as_utc(export.next_attempt_at) > now():
             return None
+        series = export.series
+        if export.kind == ExportKind.SERIES and (
+            series.superseded_at is not None or StudyState(series.study.state) not in SENDING_STATES
+        ):
+            return None  # superseded or reopened since the round began: cancelled or sent later
         export.attempts += 1
         # the lease: if this node dies mid-send, the row is due again after this
         export.next_attempt_at = now() + timedelta(seconds=max(settings.export.backoff_max_s, 60.0))
-        paths = session.scalars(
-            select(Instance.path).where(Instance.series_id == export.series_id).order_by(Instance.instance_number)
-        )
-        files = [instance_file(p, settings.paths.data_dir) for p in paths]
-        return export.destination, files, export.series.study_id
+        if export.kind == ExportKind.REJECTION_NOTE:
+            files = [instance_file(export.path, settings.paths.data_dir)] if export.path else []
+        else:
+            paths = session.scalars(
+                select(Instance.path).where(Instance.series_id == export.series_id).order_by(Instance.instance_number)
+            )
+            files = [instance_file(p, settings.paths.data_dir) for p in paths]
+        return export.destination, files, series.study_id
 
 
 def _deliver(destination: Destination[Any] | None, name: str, files: list[Path]) -> str | None:
@@ -168,17 +312,19 @@ def _settle(factory: sessionmaker[Session], export_id: int, error: str | None, s
             return
         series_uid = export.series.series_instance_uid
         study = export.series.study
+        what = "rejection note for series" if export.kind == ExportKind.REJECTION_NOTE else "series"
         if error is None:
             export.status = ExportStatus.SENT
             export.sent_at = now()
             export.last_error = None
-            log.info("export %s series=%s → %s sent", export.id, series_uid, export.destination)
-            audit(session, ACTOR, "export:sent", study, series=series_uid, destination=export.destination)
+            log.info("export %s %s=%s → %s sent", export.id, what, series_uid, export.destination)
+            action = "export:rejection_note_sent" if export.kind == ExportKind.REJECTION_NOTE else "export:sent"
+            audit(session, ACTOR, action, study, series=series_uid, destination=export.destination)
             return
         export.last_error = error[:2000]
         if export.attempts >= settings.export.max_attempts:
             export.status = ExportStatus.DEAD_LETTER
-            log.error("export %s series=%s → %s dead-lettered: %s", export.id, series_uid, export.destination, error)
+            log.error("export %s %s=%s → %s dead-lettered: %s", export.id, what, series_uid, export.destination, error)
             audit(
                 session,
                 ACTOR,
@@ -192,8 +338,9 @@ def _settle(factory: sessionmaker[Session], export_id: int, error: str | None, s
         delay = backoff_s(export.attempts, settings.export.backoff_initial_s, settings.export.backoff_max_s)
         export.next_attempt_at = now() + timedelta(seconds=delay)
         log.warning(
-            "export %s series=%s → %s failed (attempt %d/%d, next in %.0f s): %s",
+            "export %s %s=%s → %s failed (attempt %d/%d, next in %.0f s): %s",
             export.id,
+            what,
             series_uid,
             export.destination,
             export.attempts,
@@ -209,7 +356,11 @@ def _settle_study(factory: sessionmaker[Session], study_id: int) -> None:
         if study is None or StudyState(study.state) is not StudyState.APPROVED:
             return
         statuses = list(
-            session.scalars(select(Export.status).join(Series).where(Series.study_id == study_id, Series.is_synthetic))
+            session.scalars(
+                select(Export.status)
+                .join(Series)
+                .where(Series.study_id == study_id, Series.is_synthetic, Export.status != ExportStatus.CANCELLED)
+            )
         )
         if not statuses:
             return
@@ -222,7 +373,14 @@ def _settle_study(factory: sessionmaker[Session], study_id: int) -> None:
 def retry_dead_letters(factory: sessionmaker[Session], study_uid: str | None = None, *, now: Clock = utcnow) -> int:
     """Give every dead-lettered export (of one study, or all) fresh attempts, due now; returns how many."""
     with transaction(factory) as session:
-        query = select(Export).join(Series).join(Study).where(Export.status == ExportStatus.DEAD_LETTER)
+        query = (
+            select(Export)
+            .join(Series)
+            .join(Study)
+            .where(Export.status == ExportStatus.DEAD_LETTER)
+            # a superseded series is never sent: its dead rows are cancelled, not retried (its notes are)
+            .where(or_(Export.kind == ExportKind.REJECTION_NOTE, Series.superseded_at.is_(None)))
+        )
         if study_uid is not None:
             query = query.where(Study.study_instance_uid == study_uid)
         exports = list(session.scalars(query))

@@ -1,8 +1,10 @@
 """``codebrain-node demo``: the whole node on one machine, with nothing to set up.
 
-A phantom "scanner" study (T1, T2, FLAIR; no post-contrast T1) is sent by C-STORE to a real node — receiver,
-recorder, stable-study scheduler, queue, engine, writer, exporter — whose PACS is a local folder. The demo waits
-for the synthetic series to be delivered, then draws a contact sheet of inputs beside outputs.
+A phantom "scanner" study (T1, T2, FLAIR; no post-contrast T1) is sent by C-STORE over one association to a real
+node — receiver, recorder, stable-study scheduler, queue, engine, writer, exporter — whose PACS is a local folder.
+The node waits for the association's release before the quiet period even starts, so the study is one job however
+slow the machine is. The demo waits for the study's final state (settled, nothing open, queued or unsent), then
+reports and draws only the current synthetic series (a superseded one is never shown as a result).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from codebrain_node.config import FolderDestinationSettings, Settings, local_node_settings
 from codebrain_node.contrasts import Contrast
-from codebrain_node.db.models import Study, StudyState
+from codebrain_node.db.associations import holds_of
+from codebrain_node.db.models import Export, ExportStatus, Job, JobStatus, Series, Study, StudyState
+from codebrain_node.db.superseding import current_synthetic
 from codebrain_node.engine.weights import load_model
 from codebrain_node.imaging.series_io import read_dicom_files
 from codebrain_node.node.serve import Node
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 
 DEMO_CALLER = "DEMOSCANNER"
 SETTLED = {StudyState.EXPORTED, StudyState.FAILED, StudyState.DEAD_LETTER, StudyState.IGNORED}
+#: Jobs that ran (a withdrawn one never did).
+RAN = (JobStatus.DONE, JobStatus.FAILED, JobStatus.RUNNING)
 
 
 @dataclass
@@ -45,8 +52,12 @@ class DemoResult:
     pacs: Path
     contact_sheet: Path
     state: str
+    #: Series description → its folder in the PACS, for the current synthetic series only.
     synthetic: dict[str, Path]
     seconds: float
+    #: Jobs that ran for the study (one, unless the machine split it) and synthetic series superseded.
+    jobs: int = 0
+    superseded: int = 0
 
 
 def run_demo(
@@ -77,18 +88,26 @@ def run_demo(
     try:
         progress(f"node {local.dicom.ae_title} listening on 127.0.0.1:{node.port}; sending {len(files)} instances")
         _send(files, node.port, local.dicom.ae_title)
+        if node.receive is not None:
+            node.receive.recorder.flush(timeout=60)  # the release is on record before we look
         study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-        state = _wait_until_settled(node, study_uid, timeout_s, progress)
+        final = _wait_for_final_state(node, study_uid, timeout_s, progress)
     finally:
         node.stop()
 
-    by_description = {_description(d): d for d in sorted({p.parent for p in pacs.rglob("*.dcm")})}
+    current = {
+        description: pacs / study_uid / series_uid
+        for description, series_uid in final.current.items()
+        if (pacs / study_uid / series_uid).is_dir()
+    }
     sheet = contact_sheet(
         {_description(d): sorted(d.glob("*.dcm")) for d in sorted(p for p in scanner.iterdir() if p.is_dir())},
-        {name: sorted(d.glob("*.dcm")) for name, d in by_description.items()},
+        {name: sorted(d.glob("*.dcm")) for name, d in current.items()},
         folder / "contact_sheet.png",
     )
-    return DemoResult(folder, pacs, sheet, state, by_description, time.perf_counter() - started)
+    return DemoResult(
+        folder, pacs, sheet, final.state, current, time.perf_counter() - started, final.jobs, final.superseded
+    )
 
 
 def _demo_settings(settings: Settings, data_dir: Path, pacs: Path) -> Settings:
@@ -114,20 +133,58 @@ def _send(files: list[Path], port: int, called_ae: str) -> None:
         association.release()
 
 
-def _wait_until_settled(node: Node, study_uid: str, timeout_s: float, progress: Callable[[str], None]) -> str:
+@dataclass
+class FinalState:
+    state: str
+    #: Series description → Series Instance UID of each current synthetic series.
+    current: dict[str, str]
+    jobs: int
+    superseded: int
+
+
+def _wait_for_final_state(node: Node, study_uid: str, timeout_s: float, progress: Callable[[str], None]) -> FinalState:
+    """Wait until the study is settled and nothing about it can still change: no association that delivered it
+    open, no job queued or running, no delivery pending; then say what it holds."""
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
         with node.factory() as session:
             study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
             state = StudyState(study.state) if study else None
-        if state != last and state is not None:
-            progress(f"study state: {state.value}")
-            last = state
-        if state in SETTLED:
-            return state.value
+            if state != last and state is not None:
+                progress(f"study state: {state.value}")
+                last = state
+            if study is not None and state in SETTLED and _nothing_in_flight(session, study):
+                return _final(session, study)
         time.sleep(0.5)
     raise TimeoutError(f"the study did not finish within {timeout_s:.0f} s (last state: {last})")
+
+
+def _nothing_in_flight(session: Session, study: Study) -> bool:
+    hold = holds_of(session, [study.id]).get(study.id)
+    if hold is not None and hold.open:
+        return False
+    busy_job = session.scalars(
+        select(Job.id).where(Job.study_id == study.id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+    ).first()
+    pending = session.scalars(
+        select(Export.id).join(Series).where(Series.study_id == study.id, Export.status == ExportStatus.PENDING)
+    ).first()
+    return busy_job is None and pending is None
+
+
+def _final(session: Session, study: Study) -> FinalState:
+    current = {
+        s.series_description or s.series_instance_uid: s.series_instance_uid
+        for s in current_synthetic(session, study.id)
+    }
+    jobs = len(session.scalars(select(Job.id).where(Job.study_id == study.id, Job.status.in_(RAN))).all())
+    superseded = len(
+        session.scalars(
+            select(Series.id).where(Series.study_id == study.id, Series.is_synthetic, Series.superseded_at.is_not(None))
+        ).all()
+    )
+    return FinalState(str(StudyState(study.state).value), current, jobs, superseded)
 
 
 def _description(series_dir: Path) -> str:

@@ -1,19 +1,41 @@
-"""What the node holds, for ``codebrain-node status``: studies, their series and contrasts, jobs and exports.
+"""What the node holds, for ``codebrain-node status``: studies, their series and contrasts, jobs and exports, and
+the associations senders hold open.
 
 Identifies studies by UID and accession-free numbers only: status output ends up in tickets and chat, so it
-carries no patient names or IDs.
+carries no patient names or IDs. A superseded synthetic series is listed as such (never as one the study has),
+with why and what became of its deliveries.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, selectinload
 
-from codebrain_node.db.models import AuditEvent, Export, ExportStatus, Job, Series, Study, as_utc, utcnow
+from codebrain_node.db.associations import StudyHold, count_associations, holds_of, open_associations
+from codebrain_node.db.models import (
+    AuditEvent,
+    Export,
+    ExportKind,
+    ExportStatus,
+    Job,
+    Series,
+    Study,
+    StudyState,
+    as_utc,
+    utcnow,
+)
+from codebrain_node.db.session import current_revision, head_revision
 from codebrain_node.durations import format_age
+
+#: What ``status`` says on a database the node has not made yet.
+NOTHING_YET = (
+    "nothing yet: this database holds no node data (`codebrain-node serve` creates it on start, "
+    "or run `codebrain-node db upgrade`)"
+)
 
 
 @dataclass
@@ -27,6 +49,10 @@ class StudyLine:
     other_series: int
     job: str
     exports: str
+    #: ``FLAIR #1022 (FLAIR acquired: series #5)`` for each superseded synthetic series.
+    superseded: list[str] = field(default_factory=list)
+    #: For a receiving study: what it waits for (an open association, or the quiet period).
+    waiting: str = ""
 
 
 def collect(session: Session, limit: int = 50) -> list[StudyLine]:
@@ -37,16 +63,20 @@ def collect(session: Session, limit: int = 50) -> list[StudyLine]:
         .order_by(Study.last_received_at.desc())
         .limit(limit)
     ).all()
+    receiving = [study.id for study in studies if StudyState(study.state) is StudyState.RECEIVING]
+    holds = holds_of(session, receiving)
     lines = []
     now = utcnow()
     for study in studies:
         acquired = [s for s in study.series if not s.is_synthetic]
-        synthetic = [s for s in study.series if s.is_synthetic]
+        synthetic = [s for s in study.series if s.is_synthetic and s.superseded_at is None]
+        superseded = [s for s in study.series if s.is_synthetic and s.superseded_at is not None]
         job = max(study.jobs, key=lambda j: j.id, default=None)
         job_text = f"#{job.id} {job.status} ({job.attempts}/{job.max_attempts})" if job else "-"
         if job and job.error:
             job_text += f": {job.error[:100]}"
-        export_counts = Counter(str(e.status) for s in synthetic for e in s.exports)
+        if len(study.jobs) > 1:
+            job_text += f"  [{_job_counts(study.jobs)}]"
         lines.append(
             StudyLine(
                 id=study.id,
@@ -57,10 +87,39 @@ def collect(session: Session, limit: int = 50) -> list[StudyLine]:
                 synthetic=sorted(s.contrast for s in synthetic if s.contrast),
                 other_series=sum(1 for s in acquired if not s.contrast or s.contrast == "other"),
                 job=job_text,
-                exports=", ".join(f"{n} {k}" for k, n in sorted(export_counts.items())) or "-",
+                exports=_export_text([e for s in study.series if s.is_synthetic for e in s.exports]),
+                superseded=[
+                    f"{s.contrast} #{s.series_number} ({s.superseded_reason or 'superseded'})" for s in superseded
+                ],
+                waiting=_waiting(study, holds.get(study.id), now) if study.id in receiving else "",
             )
         )
     return lines
+
+
+def _job_counts(jobs: list[Job]) -> str:
+    counts = Counter(str(job.status) for job in jobs)
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + " in all"
+
+
+def _export_text(exports: list[Export]) -> str:
+    """``3 sent, 1 cancelled; rejection notes: 1 sent``."""
+    series = Counter(str(e.status) for e in exports if e.kind == ExportKind.SERIES)
+    notes = Counter(str(e.status) for e in exports if e.kind == ExportKind.REJECTION_NOTE)
+    text = ", ".join(f"{n} {k}" for k, n in sorted(series.items())) or "-"
+    if notes:
+        text += "; rejection notes: " + ", ".join(f"{n} {k}" for k, n in sorted(notes.items()))
+    return text
+
+
+def _waiting(study: Study, hold: StudyHold | None, now: datetime) -> str:
+    """What a receiving study waits for before it can be stable."""
+    if hold is not None and hold.open:
+        return f"held open by {hold.open} association(s) that delivered it"
+    last = as_utc(study.last_received_at)
+    if hold is not None and hold.last_ended_at is not None:
+        last = max(last, hold.last_ended_at)
+    return f"quiet for {format_age((now - last).total_seconds())}"
 
 
 def dead_letters(session: Session) -> list[tuple[str, str, str, int, str]]:
@@ -84,22 +143,54 @@ def recent_audit(session: Session, limit: int = 10) -> list[AuditEvent]:
     return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)))
 
 
+def schema_problem(session: Session) -> str | None:
+    """None when the database holds the node's current schema, else the one line to print instead."""
+    engine = session.get_bind()
+    if not inspect(engine).has_table("studies"):
+        return NOTHING_YET
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        return f"the database schema is at revision {current}, this node's is {head}: run `codebrain-node db upgrade`"
+    return None
+
+
+def association_lines(session: Session) -> list[str]:
+    """How many associations are open (and closed today), and who holds the open ones."""
+    now = utcnow()
+    open_count, closed = count_associations(session, now - timedelta(days=1))
+    out = [f"associations: {open_count} open, {closed} ended in the last 24 h"]
+    for row in open_associations(session):
+        since = as_utc(row.started_at)
+        out.append(
+            f"  {row.calling_ae_title or '?'} from {row.peer_address or '?'}:{row.peer_port or '?'} "
+            f"open {format_age((now - since).total_seconds())}: {row.instances} instances, "
+            f"{row.bytes / 1e6:.1f} MB (receiver {row.receiver})"
+        )
+    return out
+
+
 def render(session: Session, limit: int = 50) -> str:
     """The text ``codebrain-node status`` prints."""
+    problem = schema_problem(session)
+    if problem is not None:
+        return problem
     lines = collect(session, limit)
     out = []
     counts = queue_counts(session)
     out.append("jobs: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none"))
+    out.extend(association_lines(session))
     out.append(f"studies ({len(lines)} shown):")
     if not lines:
         out.append("  none yet")
     for line in lines:
         out.append(
-            f"  [{line.id}] {line.uid}  {line.state}  age {format_age(line.age_s)}\n"
-            f"       in: {', '.join(line.inputs) or '-'}"
+            f"  [{line.id}] {line.uid}  {line.state}  age {format_age(line.age_s)}"
+            + (f"  ({line.waiting})" if line.waiting else "")
+            + f"\n       in: {', '.join(line.inputs) or '-'}"
             + (f" (+{line.other_series} other)" if line.other_series else "")
             + f"   synthetic: {', '.join(line.synthetic) or '-'}\n"
-            f"       job: {line.job}   exports: {line.exports}"
+            + "".join(f"       superseded: {text}\n" for text in line.superseded)
+            + f"       job: {line.job}   exports: {line.exports}"
         )
     dead = dead_letters(session)
     if dead:

@@ -6,7 +6,13 @@ database latency (and SQLite's single writer) out of the C-STORE round trip, and
 
 Rows are upserted on the SOP/Series/Study Instance UIDs (a UID seen twice is one row), ``last_received_at`` moves
 forward, and an acquired instance (not Synthetic Data = YES, not in a series this node wrote) sends a settled
-study back to ``receiving`` through the state machine.
+study back to ``receiving`` through the state machine, or withdraws its job if none has claimed it yet (so a late
+series is planned with the rest, not imputed twice).
+
+Association events travel in the same queue as the instances, so an association's row is opened before its
+first instance is filed and closed only after its last one: a study is never seen quiet while its sender is
+still associated (``db/associations.py``). Each instance links to its association, whose instance and byte
+counts grow as they are filed.
 """
 
 from __future__ import annotations
@@ -15,15 +21,19 @@ import logging
 import queue
 import threading
 from collections.abc import Iterable, Sequence
+from itertools import groupby
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from codebrain_node.db.associations import close_association, close_orphaned_associations, open_association
+from codebrain_node.db.jobs import withdraw_queued_job
 from codebrain_node.db.lifecycle import audit, reopen_if_settled
-from codebrain_node.db.models import Instance, Series, Study, as_utc
+from codebrain_node.db.models import Association, Instance, Series, Study, as_utc
 from codebrain_node.db.session import transaction
+from codebrain_node.receive.associations import AssociationEnded, AssociationEvent, AssociationOpened
 from codebrain_node.receive.spool import HeaderError, ReceivedInstance, Spool, describe_file
 
 log = logging.getLogger(__name__)
@@ -39,6 +49,13 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
     studies = _existing(session, Study, Study.study_instance_uid, {i.study_uid for i in instances})
     series_rows = _existing(session, Series, Series.series_instance_uid, {i.series_uid for i in instances})
     known = set(_existing(session, Instance, Instance.sop_instance_uid, {i.sop_instance_uid for i in instances}).keys())
+    keys = {i.association_key for i in instances if i.association_key}
+    associations: dict[str, Association] = _existing(session, Association, Association.key, keys)
+    for item in instances:  # counted as delivered, even a UID another association delivered first
+        association = associations.get(item.association_key or "")
+        if association is not None:
+            association.instances += 1
+            association.bytes += item.size_bytes
     reopened: set[str] = set()
     new_rows = 0
     for item in instances:
@@ -86,6 +103,7 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
                 path=str(item.path),
                 size_bytes=item.size_bytes,
                 received_at=item.received_at,
+                association_id=_association_id(associations, item),
             )
         )
         new_rows += 1
@@ -94,8 +112,49 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
             study.last_received_at = item.received_at
         acquired = not item.synthetic and not series.is_synthetic
         if acquired and item.study_uid not in reopened:
-            reopen_if_settled(session, study, ACTOR)
+            if not reopen_if_settled(session, study, ACTOR):
+                withdraw_queued_job(session, study, ACTOR)  # queued, not yet claimed: planned again with this
             reopened.add(item.study_uid)
+    return new_rows
+
+
+def _association_id(associations: dict[str, Association], item: ReceivedInstance) -> int | None:
+    if not item.association_key:
+        return None
+    association = associations.get(item.association_key)
+    if association is None:  # its opening was lost (a failed batch): the instance is kept, unlinked
+        log.warning("recorder: association %s of an instance is not on record", item.association_key[:8])
+        return None
+    return association.id
+
+
+def record_association(session: Session, event: AssociationEvent) -> None:
+    """Open or close one association's row."""
+    if isinstance(event, AssociationOpened):
+        open_association(
+            session,
+            event.key,
+            receiver=event.receiver,
+            started_at=event.at,
+            calling_ae_title=event.calling_ae_title,
+            called_ae_title=event.called_ae_title,
+            peer_address=event.peer_address,
+            peer_port=event.peer_port,
+        )
+    elif isinstance(event, AssociationEnded):
+        close_association(session, event.key, event.at, event.reason)
+
+
+def record_items(session: Session, items: Sequence[ReceivedInstance | AssociationEvent]) -> int:
+    """Record instances and association events in their order; returns how many Instance rows were new."""
+    new_rows = 0
+    for is_instance, run in groupby(items, key=lambda item: isinstance(item, ReceivedInstance)):
+        if is_instance:
+            new_rows += record_instances(session, list(run))  # type: ignore[arg-type]
+        else:
+            for event in run:
+                record_association(session, event)  # type: ignore[arg-type]
+                session.flush()
     return new_rows
 
 
@@ -114,28 +173,30 @@ def _existing(session: Session, model: type, column, uids: Iterable[str]) -> dic
     return found
 
 
-def record_batch(factory: sessionmaker[Session], instances: Sequence[ReceivedInstance]) -> int:
-    """Record one batch in its own transaction; a lost insert race (another process filed the same UID) or a
-    busy database is retried, since the second pass sees the rows the other writer made."""
+def record_batch(factory: sessionmaker[Session], items: Sequence[ReceivedInstance | AssociationEvent]) -> int:
+    """Record one batch (instances and association events) in its own transaction; a lost insert race (another
+    process filed the same UID) or a busy database is retried, since the second pass sees the rows the other
+    writer made."""
     for attempt in range(3):
         try:
             with transaction(factory) as session:
-                return record_instances(session, instances)
+                return record_items(session, items)
         except (IntegrityError, OperationalError) as exc:
             if attempt == 2:
                 raise
-            log.info("recorder: retrying a batch of %d after %s", len(instances), type(exc).__name__)
+            log.info("recorder: retrying a batch of %d after %s", len(items), type(exc).__name__)
     return 0
 
 
 class Recorder:
-    """A daemon thread that drains a queue of :class:`ReceivedInstance` into the database in batches."""
+    """A daemon thread that drains a queue of :class:`ReceivedInstance` and association events into the database
+    in batches, in the order they happened."""
 
     def __init__(self, factory: sessionmaker[Session], batch_size: int = 200, linger_s: float = 0.05) -> None:
         self.factory = factory
         self.batch_size = batch_size
         self.linger_s = linger_s
-        self._queue: queue.Queue[ReceivedInstance | None] = queue.Queue()
+        self._queue: queue.Queue[ReceivedInstance | AssociationEvent | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="codebrain-recorder", daemon=True)
         self._idle = threading.Condition()
         self._pending = 0
@@ -145,11 +206,12 @@ class Recorder:
         self._thread.start()
         return self
 
-    def submit(self, instance: ReceivedInstance) -> None:
-        """Hand over one durable instance; returns at once (called on the association thread)."""
+    def submit(self, item: ReceivedInstance | AssociationEvent) -> None:
+        """Hand over one durable instance or association event; returns at once (called on the association
+        thread)."""
         with self._idle:
             self._pending += 1
-        self._queue.put(instance)
+        self._queue.put(item)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is in the database; False on timeout."""
@@ -180,12 +242,12 @@ class Recorder:
                 batch.append(following)
             self._write(batch)
 
-    def _write(self, batch: list[ReceivedInstance]) -> None:
+    def _write(self, batch: list[ReceivedInstance | AssociationEvent]) -> None:
         try:
             self.recorded += record_batch(self.factory, batch)
         except Exception:
             # The files are durable; recover_spool files them at the next start. Keep serving.
-            log.exception("recorder: could not record %d instance(s); they stay in incoming/", len(batch))
+            log.exception("recorder: could not record a batch of %d; its instances stay in incoming/", len(batch))
         finally:
             with self._idle:
                 self._pending -= len(batch)
@@ -193,10 +255,15 @@ class Recorder:
 
 
 def recover_spool(factory: sessionmaker[Session], spool: Spool, batch_size: int = 200) -> int:
-    """At start: drop partial temp files and file every ``incoming/`` instance the database does not know.
+    """At start: close the associations a dead predecessor on this host left open, drop partial temp files and
+    file every ``incoming/`` instance the database does not know.
 
     A file that no longer parses cannot have been acknowledged (success follows the fsync), so it is moved
     aside to ``quarantine/`` with a log line rather than filed."""
+    with transaction(factory) as session:
+        closed = close_orphaned_associations(session)
+    if closed:
+        log.info("recover: closed %d association(s) left open by a receiver that is gone", closed)
     spool.clean_tmp()
     on_disk: dict[str, Path] = {path.stem: path for path in spool.incoming.glob("*/*/*.dcm")}
     if not on_disk:

@@ -12,6 +12,11 @@ Association policy, checked on EVT_REQUESTED before negotiation:
   - free disk below ``dicom.min_free_disk_mb``: transient, service provider, "local limit exceeded";
   - more than ``dicom.max_associations`` at once: pynetdicom rejects transient, "local limit exceeded".
 
+Associations: EVT_ACCEPTED, EVT_RELEASED, EVT_ABORTED and EVT_CONN_CLOSE become :class:`AssociationOpened` /
+:class:`AssociationEnded` records for ``on_association`` (the recorder), and every stored instance carries its
+association's key, so the database knows which studies an open association may still be sending
+(``route/stable.py``). Nothing here waits on the database.
+
 Speed: accepted sockets get TCP_NODELAY (pynetdicom leaves Nagle on, which holds back the small C-STORE-RSP
 until the peer's delayed ACK); the dataset is never decoded (the C-STORE primitive's bytes are written as sent,
 the header is read only up to group 0020, the File Meta is packed by hand); pynetdicom's per-PDU logging
@@ -28,7 +33,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydicom import uid as uids
 from pynetdicom import AE, _config, evt
@@ -37,6 +42,13 @@ from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage, Verific
 from pynetdicom.transport import ThreadedAssociationServer
 
 from codebrain_node.config import DicomSettings
+from codebrain_node.db.associations import ABORTED, CONNECTION_CLOSED, RECEIVER_STOPPED, RELEASED, receiver_identity
+from codebrain_node.receive.associations import (
+    AssociationEnded,
+    AssociationEvent,
+    AssociationOpened,
+    new_association_key,
+)
 from codebrain_node.receive.spool import CANNOT_UNDERSTAND, ReceivedInstance, Spool
 
 log = logging.getLogger(__name__)
@@ -93,7 +105,8 @@ class ReceiverStats:
 
 
 class Receiver:
-    """The listening SCP. ``on_stored`` gets each newly spooled instance (the recorder's ``submit``)."""
+    """The listening SCP. ``on_stored`` gets each newly spooled instance and ``on_association`` each association
+    opened or ended (both the recorder's ``submit``, which keeps them in order)."""
 
     def __init__(
         self,
@@ -101,14 +114,20 @@ class Receiver:
         spool: Spool,
         on_stored: Callable[[ReceivedInstance], None],
         *,
+        on_association: Callable[[AssociationEvent], None] | None = None,
         server_class: type[ThreadedAssociationServer] = NoDelayAssociationServer,
     ) -> None:
         self.dicom = dicom
         self.spool = spool
         self.on_stored = on_stored
+        self.on_association = on_association
         self.server_class = server_class
+        self.identity = receiver_identity()
         self.stats = ReceiverStats()
         self._stats_lock = threading.Lock()
+        #: Open associations → their keys (pynetdicom's Association objects are threads, hashed by identity).
+        self._keys: dict[object, str] = {}
+        self._keys_lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.ae = self._make_ae()
@@ -137,6 +156,10 @@ class Receiver:
         _config.LOG_HANDLER_LEVEL = "none"
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_ended, [RELEASED]),
+            (evt.EVT_ABORTED, self._on_ended, [ABORTED]),
+            (evt.EVT_CONN_CLOSE, self._on_ended, [CONNECTION_CLOSED]),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
@@ -157,6 +180,11 @@ class Receiver:
             self._server.shutdown()  # also takes it out of the AE's list of servers
             self._server = None
         self.ae.shutdown()
+        # Whatever pynetdicom did not report as ended is over now too (the first end recorded wins).
+        with self._keys_lock:
+            left, self._keys = list(self._keys.values()), {}
+        for key in left:
+            self._tell(AssociationEnded(key, RECEIVER_STOPPED))
 
     # --- handlers -------------------------------------------------------------------------------------------
 
@@ -184,6 +212,38 @@ class Receiver:
         event.assoc.acse.send_reject(*rejection)
         # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is out before the socket closes.
         event.assoc.kill()
+
+    def _on_accepted(self, event: Event) -> None:
+        """A-ASSOCIATE-AC is out: from now on this peer may deliver instances of any study."""
+        key = new_association_key()
+        with self._keys_lock:
+            self._keys[event.assoc] = key
+        requestor, acceptor = event.assoc.requestor, event.assoc.acceptor
+        self._tell(
+            AssociationOpened(
+                key=key,
+                receiver=self.identity,
+                calling_ae_title=(requestor.ae_title or "").strip() or None,
+                called_ae_title=(acceptor.ae_title or "").strip() or None,
+                peer_address=requestor.address or None,
+                peer_port=requestor.port or None,
+            )
+        )
+
+    def _on_ended(self, event: Event, reason: str) -> None:
+        """Released, aborted or the connection closed: only the first of these for an association counts."""
+        with self._keys_lock:
+            key = self._keys.pop(event.assoc, None)
+        if key is not None:  # rejected associations were never opened
+            self._tell(AssociationEnded(key, reason))
+
+    def _tell(self, event: AssociationEvent) -> None:
+        if self.on_association is not None:
+            self.on_association(event)
+
+    def _key_of(self, assoc: object) -> str | None:
+        with self._keys_lock:
+            return self._keys.get(assoc)
 
     def _on_echo(self, event: Event) -> int:
         return 0x0000
@@ -213,5 +273,5 @@ class Receiver:
             elif outcome.status != 0:
                 self.stats.failed += 1
         if outcome.instance is not None:
-            self.on_stored(outcome.instance)
+            self.on_stored(replace(outcome.instance, association_key=self._key_of(event.assoc)))
         return outcome.status

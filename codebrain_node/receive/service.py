@@ -1,4 +1,5 @@
-"""The receive stage as one unit for ``serve``: clean and recover the spool, start the recorder, then listen."""
+"""The receive stage as one unit for ``serve``: close a dead predecessor's associations, recover the spool, start
+the recorder, then listen (instances and association events both go to the recorder)."""
 
 from __future__ import annotations
 
@@ -36,5 +37,5 @@ def start_receive_service(settings: Settings, factory: sessionmaker[Session]) ->
     spool = Spool(settings.paths.data_dir, settings.dicom.min_free_disk_mb)
     recover_spool(factory, spool)
     recorder = Recorder(factory).start()
-    receiver = Receiver(settings.dicom, spool, recorder.submit).start()
+    receiver = Receiver(settings.dicom, spool, recorder.submit, on_association=recorder.submit).start()
     return ReceiveService(spool=spool, recorder=recorder, receiver=receiver)

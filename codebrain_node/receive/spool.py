@@ -69,6 +69,9 @@ class ReceivedInstance:
     synthetic: bool = False
     calling_ae_title: str | None = None
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: The receiver's key of the association that delivered it (``receive/associations.py``); None when filed
+    #: from the spool after a crash or offline.
+    association_key: str | None = None
 
 
 @dataclass(frozen=True)

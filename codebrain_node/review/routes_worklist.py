@@ -97,7 +97,8 @@ def study_page(
             detail=detail,
             study=detail.study,
             panels=panels,
-            awaiting=StudyState(detail.study.state) is StudyState.AWAITING_REVIEW,
+            # approving sends the current series only; with every one superseded there is nothing to approve
+            awaiting=StudyState(detail.study.state) is StudyState.AWAITING_REVIEW and bool(detail.synthetic),
         )
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db.lifecycle import transition
 from codebrain_node.db.models import AuditEvent, Export, Job, Series, Study, StudyState, as_utc, utcnow
+from codebrain_node.db.superseding import current_synthetic
 from codebrain_node.durations import format_age  # noqa: F401 (re-exported for the review templates)
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,12 @@ def _contrast_order(name: str) -> int:
 
 
 def _contrasts(series: list[Series], synthetic: bool) -> list[str]:
-    found = {s.contrast for s in series if s.is_synthetic == synthetic and s.contrast and s.contrast != "other"}
+    """Acquired contrasts, or the current synthetic ones (a superseded series is no longer what the study has)."""
+    found = {
+        s.contrast
+        for s in series
+        if s.is_synthetic == synthetic and s.superseded_at is None and s.contrast and s.contrast != "other"
+    }
     return sorted(found, key=_contrast_order)
 
 
@@ -176,7 +182,10 @@ class StudyDetail:
     status: str
     status_label: str
     acquired: list[Series]
+    #: Current synthetic series: what approving the study sends.
     synthetic: list[Series]
+    #: Synthetic series superseded by an acquired series or a replacement: shown, never approved or sent.
+    superseded: list[Series]
     jobs: list[Job]
     exports: list[Export]
     audit: list[AuditEvent]
@@ -210,13 +219,15 @@ def study_detail(session: Session, key: str | int) -> StudyDetail:
         select(AuditEvent).where(AuditEvent.study_id == study.id).order_by(AuditEvent.at, AuditEvent.id)
     ).all()
     synthetic = [s for s in series if s.is_synthetic]
+    current = [s for s in synthetic if s.superseded_at is None]
     key_ = status_of(study)
     return StudyDetail(
         study=study,
         status=key_,
         status_label=STATUS_LABELS.get(key_, key_),
         acquired=[s for s in series if not s.is_synthetic],
-        synthetic=sorted(synthetic, key=lambda s: _contrast_order(s.contrast or "")),
+        synthetic=sorted(current, key=lambda s: _contrast_order(s.contrast or "")),
+        superseded=[s for s in synthetic if s.superseded_at is not None],
         jobs=list(jobs),
         exports=[e for s in synthetic for e in s.exports],
         audit=list(audit),
@@ -236,9 +247,12 @@ def _require_awaiting_review(study: Study) -> None:
 
 
 def approve(session: Session, key: str | int, actor: str, reason: str | None = None) -> Study:
-    """AWAITING_REVIEW → APPROVED by ``actor``; the exporter picks every approved study up on its next round."""
+    """AWAITING_REVIEW → APPROVED by ``actor``; the exporter picks every approved study up on its next round and
+    sends its current synthetic series only (a superseded one can never be approved, so never sent)."""
     study = find_study(session, key, lock=True)
     _require_awaiting_review(study)
+    if not current_synthetic(session, study.id):
+        raise ReviewError(f"study {study.id} has no current synthetic series to approve (all are superseded)")
     transition(session, study, S.APPROVED, actor, reason=_clean_reason(reason))
     log.info("study %s approved by %s", study.study_instance_uid, actor)
     return study

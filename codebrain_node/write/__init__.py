@@ -1,1 +1,2 @@
-"""Writing results: the synthetic MR series with every synthetic flag (``synthetic_series.py``)."""
+"""Writing results, one file per object the node writes: the synthetic MR series with every synthetic flag
+(``synthetic_series.py``) and the IHE IOCM rejection note that withdraws a superseded one (``rejection_note.py``)."""

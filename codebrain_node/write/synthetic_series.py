@@ -8,7 +8,9 @@ flag, because PACS, viewers and AI pipelines each look at different ones):
 - Image Type ``DERIVED\\SECONDARY\\OTHER`` — PS3.3 C.7.6.1.1.2 (General Image) and C.8.3.1.1.1 (MR Image: Value 3
   ``OTHER``); a derived image, not from a patient exposure.
 - Series Description ``SYNTHETIC <contrast> (<model>)``, Image Comments saying it is synthetic and not for
-  diagnosis, Burned In Annotation NO — PS3.3 C.7.3.1 General Series, C.7.6.1 General Image.
+  diagnosis, Burned In Annotation NO — PS3.3 C.7.3.1 General Series, C.7.6.1 General Image. A series made again
+  from changed inputs says which it replaces: ``SYNTHETIC T1Gd (<model>) - replaces series 1021`` (LO: at most 64
+  characters of the default repertoire, PS3.5 6.2, so the model name is shortened first).
 - Derivation Description (model, version, input series), Derivation Code Sequence and Source Image Sequence to
   the corresponding slice of every input series with Purpose of Reference (121322, DCM, "Source image for image
   processing operation") — PS3.3 C.7.6.1, CID 7202.
@@ -139,12 +141,15 @@ def write_synthetic_series(
     out_dir: Path,
     series_number: int | None = None,
     confidence: np.ndarray | None = None,
+    replaces: int | None = None,
 ) -> WrittenSeries:
     """Write ``pixels`` [Z, Rows, Cols] (reference grid, stored intensities) as one synthetic MR series.
 
     ``reference`` are the reference series' datasets sorted along the slice normal (slice ``z`` of ``pixels``
     lies on ``reference[z]``); ``sources`` the input series used, any order. ``confidence`` [Z, Rows, Cols] in
-    [0, 1] (optional) is summarised per slice in Image Comments. Returns what was written, in slice order.
+    [0, 1] (optional) is summarised per slice in Image Comments. ``replaces``: the number of the earlier
+    synthetic series of this contrast that this one supersedes (named in the description and comments).
+    Returns what was written, in slice order.
     """
     volume = _checked_volume(reference, pixels)
     contrast = Contrast(contrast)
@@ -170,6 +175,7 @@ def write_synthetic_series(
             instance_number=index + 1,
             now=now,
             inputs_text=inputs_text,
+            replaces=replaces,
         )
         ds.SourceImageSequence = _source_images(ref, source_centres)
         _set_geometry(ds, ref, spacing)
@@ -260,6 +266,15 @@ def _code(value: tuple[str, str, str]) -> Dataset:
     return item
 
 
+def series_description(contrast: Contrast, model_name: str, replaces: int | None = None) -> str:
+    """``SYNTHETIC <contrast> (<model>)`` [`` - replaces series N``], within LO's 64 characters (PS3.5 6.2): the
+    model name gives way first, so what the series is and what it replaces always show."""
+    suffix = f" - replaces series {replaces}" if replaces is not None else ""
+    head = f"SYNTHETIC {Contrast(contrast).value} ("
+    room = max(64 - len(head) - 1 - len(suffix), 0)
+    return f"{head}{model_name[:room]}){suffix}"[:64]
+
+
 def _instance(
     ref: Dataset,
     *,
@@ -271,6 +286,7 @@ def _instance(
     instance_number: int,
     now: datetime,
     inputs_text: str,
+    replaces: int | None = None,
 ) -> Dataset:
     """Every attribute except geometry, pixels and source references (PS3.3 A.4 MR Image IOD)."""
     ds = Dataset()
@@ -295,7 +311,7 @@ def _instance(
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
     ds.SeriesDate, ds.SeriesTime = date, time
-    ds.SeriesDescription = f"SYNTHETIC {contrast.value} ({model_name})"[:64]
+    ds.SeriesDescription = series_description(contrast, model_name, replaces)
     # Body Part Examined tells validators the part is unpaired (so no Laterality, type 2C); this node only
     # synthesises brain MR, "HEAD" in PS3.16 CID 4031, when the reference does not say.
     ds.BodyPartExamined = ref.get("BodyPartExamined", "") or "HEAD"
@@ -325,6 +341,8 @@ def _instance(
     ds.ImageComments = COMMENT.format(
         contrast=contrast.value, model=model_name, version=model_version, inputs=inputs_text
     )
+    if replaces is not None:
+        ds.ImageComments += f" Replaces synthetic series {replaces}, made from earlier inputs."
 
     # MR Image (C.8.3.1): nothing was acquired.
     ds.ScanningSequence = "RM"

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, inspect
 from codebrain_node.db.models import Base
 from codebrain_node.db.session import current_revision, downgrade, head_revision, upgrade
 
-TABLES = {"studies", "series", "instances", "jobs", "exports", "audit_events"}
+TABLES = {"studies", "series", "instances", "associations", "jobs", "exports", "audit_events"}
 
 
 def schema_of(engine: Engine) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -14,9 +13,9 @@ from reference_mr import FRAME_OF_REFERENCE_UID, STUDY_UID, acquired_series
 
 from codebrain_node.contrasts import Contrast
 from codebrain_node.route.classify import classify_paths, load_rules
-from codebrain_node.write.synthetic_series import slice_centre, write_synthetic_series
+from codebrain_node.write.synthetic_series import series_description, slice_centre, write_synthetic_series
+from tests.dicom_fixtures import DCIODVFY, dciodvfy_errors
 
-DCIODVFY = Path("/usr/bin/dciodvfy")
 DCENTVFY = Path("/usr/bin/dcentvfy")
 
 
@@ -186,18 +185,10 @@ def test_the_node_never_takes_its_own_output_as_input(written) -> None:
     assert result.reason == "Synthetic Data (0008,001C) = YES"
 
 
-def _dciodvfy_errors(path: Path) -> list[str]:
-    run = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, timeout=60, check=False)
-    lines = (run.stdout + run.stderr).splitlines()
-    errors = [line for line in lines if line.startswith("Error")]
-    # Its dictionary predates Synthetic Data (0008,001C): the one error it may report.
-    return [line for line in errors if not re.search(r"0x0008,0x001c", line, re.IGNORECASE)]
-
-
 @pytest.mark.skipif(not DCIODVFY.exists(), reason="dciodvfy (Debian dicom3tools) is not installed")
 def test_every_file_passes_dciodvfy(written) -> None:
     for path in written["paths"]:
-        assert _dciodvfy_errors(path) == [], path
+        assert dciodvfy_errors(path) == [], path
 
 
 @pytest.mark.skipif(not DCIODVFY.exists(), reason="dciodvfy (Debian dicom3tools) is not installed")
@@ -207,7 +198,7 @@ def test_dciodvfy_check_can_fail(tmp_path: Path, written) -> None:
     del ds.SOPInstanceUID
     broken = tmp_path / "broken.dcm"
     ds.save_as(broken)
-    assert _dciodvfy_errors(broken)
+    assert dciodvfy_errors(broken)
 
 
 @pytest.mark.skipif(not DCENTVFY.exists(), reason="dcentvfy (Debian dicom3tools) is not installed")
@@ -259,8 +250,36 @@ def test_written_on_a_phantom_study_passes_dciodvfy(tmp_path: Path) -> None:
     ).paths
     assert len(paths) == len(reference)
     for path in paths:
-        assert _dciodvfy_errors(path) == [], path
+        assert dciodvfy_errors(path) == [], path
     first = pydicom.dcmread(paths[0])
     assert first.StudyInstanceUID == reference[0].StudyInstanceUID
     assert first.PatientID == reference[0].PatientID
     assert np.allclose(np.array(first.ImagePositionPatient, float), np.array(reference[0].ImagePositionPatient, float))
+
+
+def test_a_replacement_says_what_it_replaces_within_64_characters(tmp_path: Path) -> None:
+    """Series Description is LO (PS3.5 6.2, 64 characters of the default repertoire): the model name gives way,
+    so the contrast and the series replaced always show."""
+    assert series_description(Contrast.T1GD, "codebrain-brats-small") == "SYNTHETIC T1Gd (codebrain-brats-small)"
+    replaced = series_description(Contrast.T1GD, "codebrain-brats-small", replaces=1021)
+    assert replaced == "SYNTHETIC T1Gd (codebrain-brats-small) - replaces series 1021"
+    long = series_description(Contrast.FLAIR, "a-very-long-model-name-" * 4, replaces=1121)
+    assert len(long) <= 64 and long.startswith("SYNTHETIC FLAIR (a-very") and long.endswith(") - replaces series 1121")
+    assert long.isascii()
+    reference = acquired_series("t1_se_tra", slices=2, series_number=2)
+    series = write_synthetic_series(
+        reference,
+        np.ones((2, 16, 12)),
+        Contrast.T1GD,
+        model_name="codebrain-small",
+        model_version="0.1.0",
+        sources={Contrast.T1: reference},
+        out_dir=tmp_path,
+        series_number=1121,
+        replaces=1021,
+    )
+    ds = pydicom.dcmread(series.paths[0], stop_before_pixels=True)
+    assert (
+        ds.SeriesDescription == series.series_description == "SYNTHETIC T1Gd (codebrain-small) - replaces series 1021"
+    )
+    assert "Replaces synthetic series 1021" in ds.ImageComments
