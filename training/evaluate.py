@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,9 +47,11 @@ from training.baselines import NearestContrast
 from training.metrics import SSIM_IMPLEMENTATION, psnr, slice_metrics
 
 Pattern = tuple[int, ...]  # indices of the available contrasts
-# Incomplete inputs per forward pass. A CPU gains nothing per input from larger batches (one slice's 14 BraTS
-# patterns at a time keeps memory small and progress frequent); a GPU needs many to be busy.
-BATCH_SIZE = {"cpu": 16, "cuda": 128}
+# Work per call, by device. A GPU needs large batches to be busy. A CPU is fastest when a call's tensors stay in
+# cache (measured on 2 cores with the small BraTS model: ~50 ms an input at 4 inputs a forward pass, ~85 ms at
+# 16; SSIM ~7 ms a slice one at a time, ~15 ms two or more at once).
+FORWARD_BATCH = {"cpu": 4, "cuda": 128}  # incomplete inputs per forward pass
+METRIC_BATCH = {"cpu": 1, "cuda": 1024}  # (prediction, truth) slices per metric call
 
 
 # --- the protocol ---------------------------------------------------------------------------------------------
@@ -82,6 +84,18 @@ class Method(Protocol):
     name: str
 
     def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor: ...
+
+
+def for_device(sizes: dict[str, int], device: torch.device) -> int:
+    return sizes.get(device.type, sizes["cpu"])
+
+
+def passes(size: int | None, *tensors: Tensor | None) -> Iterator[tuple[Any, ...]]:
+    """The tensors cut along their first axis into forward passes of at most ``size`` (None: one pass)."""
+    total = tensors[0].shape[0]
+    size = size or total
+    for start in range(0, total, size):
+        yield tuple(None if t is None else t[start : start + size] for t in tensors)
 
 
 def per_pattern(values: Tensor, patterns: int) -> Tensor:
@@ -154,20 +168,25 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 @dataclass
 class ImputerMethod:
-    """CodeBrain's or the direct baseline's ``impute`` — exactly the node's inference path, one forward pass for
-    every pattern of the batch's slices."""
+    """CodeBrain's or the direct baseline's ``impute`` — exactly the node's inference path — on every pattern of
+    the batch's slices, in forward passes of at most ``batch_size`` inputs (None: all at once)."""
 
     model: CodeBrain | DirectRegression
     name: str
     tally: ConfidenceTally | None = None
+    batch_size: int | None = None
 
     def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor:
         s, p = available.shape[:2]
-        images, available = per_pattern(images, p), available.flatten(0, 1)
-        output = self.model.impute(images, available, None if context is None else per_pattern(context, p))
-        if self.tally is not None and output.confidence is not None:
-            self.tally.add(output.confidence, output.images, images, available, per_pattern(brain_mask, p))
-        return output.images.unflatten(0, (s, p))
+        context = None if context is None else per_pattern(context, p)
+        inputs = per_pattern(images, p), available.flatten(0, 1), context, per_pattern(brain_mask, p)
+        outputs = []
+        for pass_images, pass_available, pass_context, pass_mask in passes(self.batch_size, *inputs):
+            output = self.model.impute(pass_images, pass_available, pass_context)
+            if self.tally is not None and output.confidence is not None:
+                self.tally.add(output.confidence, output.images, pass_images, pass_available, pass_mask)
+            outputs.append(output.images)
+        return torch.cat(outputs).unflatten(0, (s, p))
 
 
 @dataclass
@@ -183,6 +202,7 @@ class PosteriorCodeMethod:
     model: CodeBrain
     name: str = "CodeBrain posterior code (upper bound)"
     reconstruction_psnr: list[Tensor] | None = field(default_factory=list)
+    batch_size: int | None = None  # inputs per forward pass (None: all at once)
 
     def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor:
         s, p = available.shape[:2]
@@ -195,11 +215,13 @@ class PosteriorCodeMethod:
                 recon = self.model.decode(codes, images, complete, context).float().clamp(0, 1)
                 per_contrast = [psnr(recon[:, c], images[:, c]) for c in range(images.shape[1])]
                 self.reconstruction_psnr.append(torch.stack(per_contrast, dim=1).mean(dim=1).cpu())
-            flat_context = None if context is None else per_pattern(context, p)
-            flat_images, flat_available = per_pattern(images, p), available.flatten(0, 1)
-            recon = self.model.decode(per_pattern(codes, p), flat_images, flat_available, flat_context)
-        composed = torch.where(flat_available[..., None, None], flat_images, recon.float().clamp(0, 1))
-        return composed.unflatten(0, (s, p))
+            context = None if context is None else per_pattern(context, p)
+            inputs = per_pattern(codes, p), per_pattern(images, p), available.flatten(0, 1), context
+            outputs = []
+            for pass_codes, pass_images, pass_available, pass_context in passes(self.batch_size, *inputs):
+                recon = self.model.decode(pass_codes, pass_images, pass_available, pass_context)
+                outputs.append(torch.where(pass_available[..., None, None], pass_images, recon.float().clamp(0, 1)))
+        return torch.cat(outputs).unflatten(0, (s, p))
 
     def mean_reconstruction_psnr(self) -> float | None:
         if not self.reconstruction_psnr:
@@ -274,12 +296,13 @@ def score_methods(
 ) -> EvaluationResult:
     """Score every method on every (pattern, target) pair of every slice of ``dataset``.
 
-    ``batch_size`` counts incomplete inputs per forward pass: ⌊batch_size / P⌋ slices (at least one), each under
-    all P patterns; by default ``BATCH_SIZE`` for the device. ``progress`` reports slices done, slices/s and the
-    time left on stderr.
+    Slices come ⌊batch_size / P⌋ at a time (at least one; ``batch_size`` by default ``FORWARD_BATCH`` for the
+    device), each under all P patterns; methods cut them into their own forward passes. ``progress`` reports
+    slices done, slices/s and the time left on stderr.
     """
     device = torch.device(device)
-    batch_size = batch_size or BATCH_SIZE.get(device.type, BATCH_SIZE["cpu"])
+    batch_size = batch_size or for_device(FORWARD_BATCH, device)
+    metric_batch = for_device(METRIC_BATCH, device)
     n = len(contrasts)
     patterns, pairs = missing_patterns(n), pattern_pairs(n)
     available = torch.zeros(len(patterns), n, dtype=torch.bool, device=device)  # [P, N], the same for every slice
@@ -299,7 +322,7 @@ def score_methods(
         s = images.shape[0]
         for method in methods:
             prediction = method.predict(images, available.expand(s, -1, -1), context, brain_mask)
-            for key, values in pair_figures(prediction, images, brain_mask, pair_of).items():
+            for key, values in pair_figures(prediction, images, brain_mask, pair_of, len(pairs), metric_batch).items():
                 bucket = sums[method.name].setdefault(key, torch.zeros(len(pairs), dtype=torch.float64))
                 bucket += values
         slices += s
@@ -328,21 +351,25 @@ def score_methods(
     return result
 
 
-def pair_figures(prediction: Tensor, images: Tensor, brain_mask: Tensor, pair_of: Tensor) -> dict[str, Tensor]:
-    """Every (slice, pattern, missing target) of a batch scored in one go, summed per (pattern, target) pair.
+def pair_figures(
+    prediction: Tensor, images: Tensor, brain_mask: Tensor, pair_of: Tensor, pair_count: int, batch_size: int
+) -> dict[str, Tensor]:
+    """Every (slice, pattern, missing target) of a batch scored, ``batch_size`` slices a metric call, and summed
+    per (pattern, target) pair.
 
-    ``prediction`` ``[S, P, N, H, W]``, ``pair_of`` ``[P, N]`` (−1 where the target is an input) → metric →
-    float64 ``[pairs]`` sums over the batch's slices.
+    ``prediction`` ``[S, P, N, H, W]``, ``pair_of`` ``[P, N]`` (index into the ``pair_count`` pairs, −1 where
+    the target is an input) → metric → float64 ``[pair_count]`` sums over the batch's slices.
     """
-    pair_count = int(pair_of.max()) + 1
     s = prediction.shape[0]
     slice_i, pattern_i, target_i = (pair_of >= 0).expand(s, -1, -1).nonzero(as_tuple=True)
-    figures = slice_metrics(prediction[slice_i, pattern_i, target_i], images[slice_i, target_i], brain_mask[slice_i])
-    index = pair_of[pattern_i, target_i].cpu()
-    return {
-        key: torch.zeros(pair_count, dtype=torch.float64).index_add_(0, index, values.double().cpu())
-        for key, values in figures.items()
-    }
+    sums: dict[str, Tensor] = {}
+    for slices, patterns, targets in passes(batch_size, slice_i, pattern_i, target_i):
+        figures = slice_metrics(prediction[slices, patterns, targets], images[slices, targets], brain_mask[slices])
+        index = pair_of[patterns, targets].cpu()
+        for key, values in figures.items():
+            bucket = sums.setdefault(key, torch.zeros(pair_count, dtype=torch.float64))
+            bucket.index_add_(0, index, values.double().cpu())
+    return sums
 
 
 class Progress:
@@ -417,25 +444,26 @@ def evaluate(
 
     # The rows: the served model and its Stage I ceiling (or a direct model alone), the direct baseline, the
     # nearest contrast (fitted on the training split; no network).
+    forward_batch = batch_size or for_device(FORWARD_BATCH, chosen_device)
     methods: list[Method] = []
     tally = posterior = None
     if isinstance(model, CodeBrain):
         tally = ConfidenceTally() if model.cfg.confidence else None
-        posterior = PosteriorCodeMethod(model)
-        methods += [ImputerMethod(model, "CodeBrain", tally), posterior]
+        posterior = PosteriorCodeMethod(model, batch_size=forward_batch)
+        methods += [ImputerMethod(model, "CodeBrain", tally, forward_batch), posterior]
     else:
-        methods.append(ImputerMethod(model, "direct regression"))
+        methods.append(ImputerMethod(model, "direct regression", batch_size=forward_batch))
     if direct_checkpoint is not None:
         direct = load_inference_checkpoint(direct_checkpoint, map_location=chosen_device)
         if tuple(direct.cfg.contrasts) != tuple(contrasts):
             raise ValueError(f"{direct_checkpoint} was trained on {direct.cfg.contrasts}, not {contrasts}")
-        methods.append(ImputerMethod(direct, "direct regression"))
+        methods.append(ImputerMethod(direct, "direct regression", batch_size=forward_batch))
     methods.append(NearestMethod(NearestContrast.fit(datasets.train, contrasts, max_slices=nearest_fit_slices)))
 
     patterns = len(missing_patterns(len(contrasts)))
     _say(f"scoring {len(methods)} methods on {len(evaluation_set)} {split} slices, {patterns} patterns each")
     result = score_methods(
-        methods, evaluation_set, contrasts, batch_size=batch_size, device=chosen_device, progress=True
+        methods, evaluation_set, contrasts, batch_size=forward_batch, device=chosen_device, progress=True
     )
     seconds, rate = result.settings["seconds"], result.settings["slices_per_s"]
     _say(f"scored {result.slices} slices in {seconds:.1f} s ({rate:.2f} slices/s)")

@@ -182,6 +182,9 @@ def test_batched_methods_give_what_one_pattern_at_a_time_gave():
     posterior = PosteriorCodeMethod(model)
     ceiling = posterior.predict(images, available, None, mask)
     assert served.shape == ceiling.shape == (3, 6, 3, 32, 32)
+    in_passes_of_4 = ImputerMethod(model, "CodeBrain", batch_size=4), PosteriorCodeMethod(model, batch_size=4)
+    for whole, method in zip((served, ceiling), in_passes_of_4, strict=True):
+        assert torch.allclose(method.predict(images, available, None, mask), whole, atol=1e-5)
     with torch.inference_mode():  # Stage I reconstruction PSNR: the posterior path given the complete set
         complete = model.stage1_forward(images, torch.ones(3, 3, dtype=torch.bool))["recon"].float().clamp(0, 1)
     expected_psnr = torch.stack([psnr(complete[:, c], images[:, c]) for c in range(3)], dim=1).mean(dim=1)
