@@ -229,14 +229,25 @@ def _from_pydicom(parse: Callable[[], Dataset]) -> Header:
             dataset = parse()
             header: Header = {}
             for keyword in HEADER_TAGS:
-                value = dataset.get(keyword)
-                text = "" if value is None else str(value).strip(" \0")
-                header[keyword] = text or None
+                header[keyword] = _text_of(dataset, keyword)
         except Exception as exc:  # pydicom raises a wide range on garbage; none of it must reach the association
             raise HeaderError(CANNOT_UNDERSTAND, f"unreadable dataset ({type(exc).__name__})") from None
         finally:
             pydicom_config.settings.reading_validation_mode = previous
     return header
+
+
+def _text_of(dataset: Dataset, keyword: str) -> str | None:
+    """One attribute as text; a value pydicom cannot convert (an Integer String past a float's range) reads as its
+    raw bytes, as the fast scan reads it, so the same instance files alike on receipt and at recovery."""
+    try:
+        value = dataset.get(keyword)
+        text = "" if value is None else str(value)
+    except Exception:
+        element = dataset.get_item(keyword)
+        raw_value = getattr(element, "value", None)
+        text = raw_value.decode("latin-1", "replace") if isinstance(raw_value, bytes) else ""
+    return text.strip(" \0") or None
 
 
 def read_dataset_header(dataset: bytes, transfer_syntax_uid: str) -> Header:
@@ -290,9 +301,16 @@ def filing_uids(header: Mapping[str, str | None]) -> dict[str, str]:
 
 
 def integer(header: Mapping[str, str | None], keyword: str) -> int | None:
-    """IS values ("12", " 3.0") as int; None when absent or not a number."""
+    """IS values ("12", " 3.0") as int; None when absent or not a finite number ("1e400" overflows a float to
+    infinity: an instance must not be refused, or fail later, for a number the node only files)."""
     value = header.get(keyword)
+    if not value:
+        return None
     try:
-        return int(float(value)) if value else None
+        return int(value)
     except ValueError:
+        pass
+    try:
+        return int(float(value))
+    except (ValueError, OverflowError):
         return None

@@ -13,19 +13,27 @@ Association events travel in the same queue as the instances, so an association'
 first instance is filed and closed only after its last one: a study is never seen quiet while its sender is
 still associated (``db/associations.py``). Each instance links to its association, whose instance and byte
 counts grow as they are filed.
+
+Nothing a sender puts in a header can fail a batch: every value is made to fit its column first (text clipped to
+the column's length, NULs dropped, a number outside a 32-bit INTEGER or a UID too long to be one kept empty, with
+a log line naming the attribute, never its value). Should the database still refuse something, the batch is
+recorded again item by item, so only that item is lost to the database: it goes to ``quarantine/`` with the
+reason (and an audit event), never taking the other senders' instances with it.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import BigInteger, Integer, String, select
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.db.associations import close_association, close_orphaned_associations, open_association
@@ -40,6 +48,8 @@ log = logging.getLogger(__name__)
 
 ACTOR = "receiver"
 _IN_CHUNK = 500  # keeps IN (...) lists well inside every backend's parameter limit
+#: A plain INTEGER column holds 32 bits on PostgreSQL; SQLite holds more, but a database may move.
+_INT32 = (-(2**31), 2**31 - 1)
 
 
 def record_instances(session: Session, instances: Sequence[ReceivedInstance]) -> int:
@@ -62,15 +72,19 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
         study = studies.get(item.study_uid)
         if study is None:
             study = Study(
-                study_instance_uid=item.study_uid,
-                patient_name=item.patient_name,
-                patient_id=item.patient_id,
-                accession_number=_clip(item.accession_number, 16),
-                study_date=_clip(item.study_date, 8),
-                study_description=item.study_description,
-                calling_ae_title=item.calling_ae_title,
-                first_received_at=item.received_at,
-                last_received_at=item.received_at,
+                **_fit(
+                    Study,
+                    item.sop_instance_uid,
+                    study_instance_uid=item.study_uid,
+                    patient_name=item.patient_name,
+                    patient_id=item.patient_id,
+                    accession_number=item.accession_number,
+                    study_date=item.study_date,
+                    study_description=item.study_description,
+                    calling_ae_title=item.calling_ae_title,
+                    first_received_at=item.received_at,
+                    last_received_at=item.received_at,
+                )
             )
             session.add(study)
             session.flush()
@@ -81,12 +95,16 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
         if series is None:
             series = Series(
                 study=study,
-                series_instance_uid=item.series_uid,
-                modality=item.modality,
-                series_number=item.series_number,
-                series_description=item.series_description,
-                frame_of_reference_uid=item.frame_of_reference_uid,
                 is_synthetic=False,
+                **_fit(
+                    Series,
+                    item.sop_instance_uid,
+                    series_instance_uid=item.series_uid,
+                    modality=item.modality,
+                    series_number=item.series_number,
+                    series_description=item.series_description,
+                    frame_of_reference_uid=item.frame_of_reference_uid,
+                ),
             )
             session.add(series)
             series_rows[item.series_uid] = series
@@ -96,14 +114,18 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
         session.add(
             Instance(
                 series=series,
-                sop_instance_uid=item.sop_instance_uid,
-                sop_class_uid=item.sop_class_uid,
-                transfer_syntax_uid=item.transfer_syntax_uid,
-                instance_number=item.instance_number,
                 path=str(item.path),
                 size_bytes=item.size_bytes,
                 received_at=item.received_at,
                 association_id=_association_id(associations, item),
+                **_fit(
+                    Instance,
+                    item.sop_instance_uid,
+                    sop_instance_uid=item.sop_instance_uid,
+                    sop_class_uid=item.sop_class_uid,
+                    transfer_syntax_uid=item.transfer_syntax_uid,
+                    instance_number=item.instance_number,
+                ),
             )
         )
         new_rows += 1
@@ -158,9 +180,52 @@ def record_items(session: Session, items: Sequence[ReceivedInstance | Associatio
     return new_rows
 
 
-def _clip(value: str | None, length: int) -> str | None:
-    """Headers may carry over-long values; the columns have the standard's lengths."""
-    return value[:length] if value else None
+def _fit(model: type, sop_instance_uid: str, /, **values: Any) -> dict[str, Any]:
+    """``values`` for ``model``'s columns, each made to fit: headers may carry anything (a 10,000-character name, a
+    20-digit Series Number), and one value the database refuses would otherwise fail the batch it is in.
+
+    Text is clipped to the column's length, NULs removed (PostgreSQL text cannot hold them) and lone surrogates
+    replaced; a UID too long for its column is kept empty (a UID cut short names something else); an integer
+    outside a 32-bit INTEGER is kept empty. Each change is logged by attribute, never with the value."""
+    columns = model.__table__.columns  # type: ignore[attr-defined]
+    fitted: dict[str, Any] = {}
+    for name, value in values.items():
+        kind = columns[name].type
+        if isinstance(value, str) and isinstance(kind, String):
+            cleaned = value.replace("\0", "").encode("utf-8", "replace").decode("utf-8")
+            if kind.length is not None and len(cleaned) > kind.length:
+                uid = name.endswith("_uid")
+                _changed(sop_instance_uid, name, f"{len(cleaned)} characters", "kept empty" if uid else "clipped")
+                cleaned = None if uid else cleaned[: kind.length]
+            value = cleaned or None
+        elif (
+            isinstance(value, int)
+            and isinstance(kind, Integer)
+            and not isinstance(kind, BigInteger)
+            and not _INT32[0] <= value <= _INT32[1]
+        ):
+            _changed(sop_instance_uid, name, "out of range", "kept empty")
+            value = None
+        fitted[name] = value
+    return fitted
+
+
+def _changed(sop_instance_uid: str, column: str, why: str, action: str) -> None:
+    log.warning("recorder: %s of sop=%s does not fit its column (%s); %s", column, sop_instance_uid, why, action)
+
+
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'|\([^)]*\)=\([^)]*\)")
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why a row was refused, fit for a log line, an audit event and the quarantine note: the exception's class and
+    the first line of the database's own message, with quoted values masked (a SQLAlchemy error's text goes on to
+    echo the SQL parameters: patient name, ID, accession)."""
+    cause = error.orig if isinstance(error, StatementError) and error.orig is not None else error
+    lines = str(cause).strip().splitlines()
+    first = _QUOTED.sub("<value>", lines[0])[:200] if lines else ""
+    name = type(cause).__name__ if cause is error else f"{type(error).__name__} ({type(cause).__name__})"
+    return f"{name}: {first}" if first else name
 
 
 def _existing(session: Session, model: type, column, uids: Iterable[str]) -> dict:  # type: ignore[no-untyped-def]
@@ -188,12 +253,86 @@ def record_batch(factory: sessionmaker[Session], items: Sequence[ReceivedInstanc
     return 0
 
 
+Item = ReceivedInstance | AssociationEvent
+
+
+def record_each(factory: sessionmaker[Session], items: Sequence[Item]) -> tuple[int, list[tuple[Item, Exception]]]:
+    """Record ``items`` as one batch; if the database refuses it, once more item by item, so that one item it
+    refuses fails alone. Returns how many Instance rows were new and the items refused, each with its error."""
+    try:
+        return record_batch(factory, items), []
+    except Exception as error:
+        if len(items) <= 1:
+            return 0, [(item, error) for item in items]
+        log.warning("recorder: a batch of %d failed (%s); recording it item by item", len(items), failure_reason(error))
+    recorded, refused = 0, []
+    for item in items:
+        try:
+            recorded += record_batch(factory, [item])
+        except Exception as error:
+            refused.append((item, error))
+    return recorded, refused
+
+
+#: Errors that say the row's values are at fault (the same instance fails the same way every time).
+_VALUE_ERRORS = (DataError, IntegrityError, ValueError, OverflowError, UnicodeError)
+
+
+def refused_for_its_values(error: BaseException) -> bool:
+    """Whether the database refused a row for what it holds, rather than being unreachable or busy (the
+    OperationalError family) or the node having a bug: only then is quarantining the instance the answer."""
+    if isinstance(error, OperationalError):
+        return False
+    if isinstance(error, StatementError) and not isinstance(error, DataError | IntegrityError):
+        return isinstance(error.orig, _VALUE_ERRORS)
+    return isinstance(error, _VALUE_ERRORS)
+
+
+def quarantine_refused(factory: sessionmaker[Session], spool: Spool, item: ReceivedInstance, error: Exception) -> None:
+    """An instance the database refuses for its values even alone: moved to ``quarantine/`` with the reason, and
+    audited. Any other failure (a database that cannot be reached refuses everything alike) leaves the file in
+    ``incoming/`` for the next start to file."""
+    reason = failure_reason(error)
+    if not refused_for_its_values(error):
+        log.error("recorder: sop=%s not recorded (%s); it stays in incoming/", item.sop_instance_uid, reason)
+        return
+    try:
+        spool.quarantine(item.path, f"not recordable: {reason}")
+    except OSError as exc:
+        log.error("recorder: sop=%s not recorded (%s) nor quarantined (%s)", item.sop_instance_uid, reason, exc)
+        return
+    log.error("recorder: sop=%s not recordable (%s); moved to quarantine/", item.sop_instance_uid, reason)
+    try:
+        with transaction(factory) as session:
+            study = session.scalars(select(Study).where(Study.study_instance_uid == item.study_uid)).first()
+            audit(
+                session,
+                ACTOR,
+                "instance:quarantined",
+                study,
+                sop_instance_uid=item.sop_instance_uid,
+                series_instance_uid=item.series_uid,
+                study_instance_uid=item.study_uid,
+                reason=reason,
+            )
+    except Exception as exc:
+        log.error("recorder: could not audit the quarantine of sop=%s (%s)", item.sop_instance_uid, type(exc).__name__)
+
+
 class Recorder:
     """A daemon thread that drains a queue of :class:`ReceivedInstance` and association events into the database
-    in batches, in the order they happened."""
+    in batches, in the order they happened. With ``spool``, an instance the database refuses even alone is
+    quarantined at once (with the reason); without, it stays in ``incoming/`` for :func:`recover_spool`."""
 
-    def __init__(self, factory: sessionmaker[Session], batch_size: int = 200, linger_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        batch_size: int = 200,
+        linger_s: float = 0.05,
+        spool: Spool | None = None,
+    ) -> None:
         self.factory = factory
+        self.spool = spool
         self.batch_size = batch_size
         self.linger_s = linger_s
         self._queue: queue.Queue[ReceivedInstance | AssociationEvent | None] = queue.Queue()
@@ -244,14 +383,25 @@ class Recorder:
 
     def _write(self, batch: list[ReceivedInstance | AssociationEvent]) -> None:
         try:
-            self.recorded += record_batch(self.factory, batch)
-        except Exception:
-            # The files are durable; recover_spool files them at the next start. Keep serving.
-            log.exception("recorder: could not record a batch of %d; its instances stay in incoming/", len(batch))
+            recorded, refused = record_each(self.factory, batch)
+            self.recorded += recorded
+            for item, error in refused:
+                if isinstance(item, ReceivedInstance) and self.spool is not None:
+                    quarantine_refused(self.factory, self.spool, item, error)
+                else:  # durable all the same: recover_spool files it at the next start. Keep serving.
+                    log.error("recorder: could not record %s (%s)", _name(item), failure_reason(error))
+        except Exception as error:
+            log.error("recorder: could not record a batch of %d (%s)", len(batch), failure_reason(error))
         finally:
             with self._idle:
                 self._pending -= len(batch)
                 self._idle.notify_all()
+
+
+def _name(item: Item) -> str:
+    if isinstance(item, ReceivedInstance):
+        return f"sop={item.sop_instance_uid}; it stays in incoming/"
+    return f"an event of association {item.key[:8]}"
 
 
 def recover_spool(factory: sessionmaker[Session], spool: Spool, batch_size: int = 200) -> int:
@@ -259,7 +409,8 @@ def recover_spool(factory: sessionmaker[Session], spool: Spool, batch_size: int 
     file every ``incoming/`` instance the database does not know.
 
     A file that no longer parses cannot have been acknowledged (success follows the fsync), so it is moved
-    aside to ``quarantine/`` with a log line rather than filed."""
+    aside to ``quarantine/`` with a log line rather than filed; so is one the database refuses even on its own
+    (with the reason, audited): the node starts anyway, with everything else filed."""
     with transaction(factory) as session:
         closed = close_orphaned_associations(session)
     if closed:
@@ -273,19 +424,24 @@ def recover_spool(factory: sessionmaker[Session], spool: Spool, batch_size: int 
     missing = [path for uid, path in sorted(on_disk.items()) if uid not in known]
     recorded = 0
     batch: list[ReceivedInstance] = []
+
+    def file_batch() -> int:
+        done, refused = record_each(factory, batch)
+        for item, error in refused:
+            quarantine_refused(factory, spool, item, error)  # type: ignore[arg-type]
+        batch.clear()
+        return done
+
     for path in missing:
         try:
             batch.append(describe_file(path))
         except HeaderError as exc:
-            quarantine = spool.data_dir / "quarantine"
-            quarantine.mkdir(exist_ok=True)
-            path.rename(quarantine / path.name)
+            spool.quarantine(path, f"not filable: {exc}")
             log.warning("recover: %s is not filable (%s); moved to quarantine/", path.name, exc)
             continue
         if len(batch) >= batch_size:
-            recorded += record_batch(factory, batch)
-            batch = []
-    recorded += record_batch(factory, batch)
+            recorded += file_batch()
+    recorded += file_batch()
     if recorded:
         log.info("recover: filed %d spooled instance(s) missing from the database", recorded)
     return recorded

@@ -36,6 +36,6 @@ def start_receive_service(settings: Settings, factory: sessionmaker[Session]) ->
     """Recover what a previous run acknowledged but did not record, then accept associations."""
     spool = Spool(settings.paths.data_dir, settings.dicom.min_free_disk_mb)
     recover_spool(factory, spool)
-    recorder = Recorder(factory).start()
+    recorder = Recorder(factory, spool=spool).start()  # what the database refuses is quarantined at once
     receiver = Receiver(settings.dicom, spool, recorder.submit, on_association=recorder.submit).start()
     return ReceiveService(spool=spool, recorder=recorder, receiver=receiver)

@@ -157,6 +157,17 @@ class Spool:
         """False below the free-disk watermark: the node then refuses associations and stores."""
         return self.min_free_bytes <= 0 or self.free_bytes() >= self.min_free_bytes
 
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move a spooled file that cannot be filed aside, with its reason in ``<name>.reason.txt`` beside it: kept
+        for a person to look at, out of the way of recovery. ``reason`` must hold no patient data."""
+        folder = self.data_dir / "quarantine"
+        folder.mkdir(exist_ok=True)
+        target = folder / path.name
+        path.replace(target)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        write_durably(folder / f"{path.name}.reason.txt", (f"{stamp} {reason}\n".encode(),), tmp_dir=self.tmp)
+        return target
+
     def clean_tmp(self) -> int:
         """Remove partial files left by a crash or an aborted association; they were never acknowledged."""
         removed = 0
