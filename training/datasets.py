@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from torch.utils.data import Dataset
 
 from codebrain_node.contrasts import BRATS_FILE_NAMES, Contrast
-from codebrain_node.imaging.preprocess import choose_reference, prepare_study, same_grid
+from codebrain_node.imaging.preprocess import choose_reference, foreground_mask, prepare_study, same_grid
 from codebrain_node.imaging.series_io import read_series
 from codebrain_node.resources import named_config_file
 
@@ -149,7 +150,8 @@ def load_case(
     image_file, mask_file = cache_dir / f"{key}-image.npy", cache_dir / f"{key}-mask.npy"
     if not (image_file.exists() and mask_file.exists()):
         arrays, mask = prepare_case(case, contrasts, size)
-        tmp_image, tmp_mask = image_file.with_suffix(".tmp.npy"), mask_file.with_suffix(".tmp.npy")
+        # per-process names: runs started side by side (a model and its baseline) may fill one cache at once
+        tmp_image, tmp_mask = (path.with_suffix(f".{os.getpid()}.tmp.npy") for path in (image_file, mask_file))
         np.save(tmp_image, arrays.astype(np.float16))
         np.save(tmp_mask, mask)
         tmp_image.replace(image_file)
@@ -342,3 +344,23 @@ def build_datasets(
         return SliceDataset([loaded[s] for s in sorted(names)], context_slices, min_brain_fraction)
 
     return DatasetSplits(dataset(train_s), dataset(val_s), dataset(test_s))
+
+
+def intensity_samples(
+    case: Case, contrasts: Sequence[Contrast], size: int = 256, limit: int = 200_000, seed: int = 0
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Intensities of one case as stored (inside each file's own foreground mask, so a background of small
+    non-zero values does not count) and as the model sees them (inside the brain mask after :func:`prepare_case`), each subsampled to at most ``limit`` values: for the figure that shows
+    the normalisation makes sites comparable."""
+    rng = np.random.default_rng(seed)
+
+    def sample(values: np.ndarray) -> np.ndarray:
+        return values if values.size <= limit else rng.choice(values, limit, replace=False)
+
+    raw = {}
+    for contrast in contrasts:
+        volume = sitk.GetArrayFromImage(read_series(case.paths[contrast])).astype(np.float32)
+        raw[str(contrast)] = sample(volume[foreground_mask(volume)])
+    arrays, mask = prepare_case(case, contrasts, size)
+    normalised = {str(c): sample(arrays[i][mask]) for i, c in enumerate(contrasts)}
+    return raw, normalised

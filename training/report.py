@@ -212,3 +212,46 @@ def example_grid(
     figure.savefig(png_path, dpi=90)
     plt.close(figure)
     return Path(png_path)
+
+
+def plot_normalisation(
+    cases: Sequence[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]], png_path: str | Path, bins: int = 120
+) -> Path:
+    """Intensity histograms per contrast, one line per case: top row as stored (inside each volume's foreground,
+    on a log axis since sites differ by orders of magnitude), bottom row after the per-volume
+    normalisation the model sees in training and serving (inside the brain mask, on [0, 1]).
+
+    ``cases`` holds ``(name, raw values by contrast, normalised values by contrast)``, each a 1-D array.
+    """
+    contrasts = list(dict.fromkeys(c for _, raw, _ in cases for c in raw))
+    fig, axes = plt.subplots(2, len(contrasts), figsize=(3.6 * len(contrasts), 6.4), squeeze=False)
+    for name, raw, normalised in cases:
+        for column, contrast in enumerate(contrasts):
+            if contrast in raw:
+                values = raw[contrast]
+                positive = values[values > 0]
+                if positive.size:
+                    edges = np.geomspace(max(float(positive.min()), 1e-3), float(positive.max()) * 1.01, bins)
+                    density, _ = np.histogram(positive, bins=edges, density=True)
+                    axes[0, column].step(edges[:-1], density * edges[:-1], where="post", label=name, lw=1)
+            if contrast in normalised:
+                density, edges = np.histogram(normalised[contrast], bins=bins, range=(0.0, 1.0), density=True)
+                axes[1, column].step(edges[:-1], density, where="post", label=name, lw=1)
+    for column, contrast in enumerate(contrasts):
+        axes[0, column].set_xscale("log")
+        axes[0, column].set_title(f"{contrast}: as stored")
+        axes[0, column].set_xlabel("intensity (log)")
+        axes[1, column].set_title(f"{contrast}: normalised")
+        axes[1, column].set_xlabel("model input")
+        for row in (0, 1):
+            axes[row, column].set_yticks([])
+    axes[0, 0].set_ylabel("density")
+    axes[1, 0].set_ylabel("density")
+    axes[0, -1].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Per-volume normalisation: (x - p0.5) / (p99.5 - p0.5) inside the brain, clipped to [0, 1]")
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path

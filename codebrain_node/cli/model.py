@@ -109,3 +109,31 @@ def evaluate(
         max_slices=max_slices,
         device=device,
     )
+
+
+@app.command("intensities")
+def intensities(
+    data: Annotated[Path, typer.Option(help="Dataset folder (BraTS, IXI or mapped layout).")],
+    case: Annotated[list[str], typer.Option(help="Subject to draw (repeat); default: the first four.")] = [],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("normalisation.png"),
+) -> None:
+    """Draw intensity histograms of some cases as stored and as the model sees them (the per-volume
+    normalisation that makes sites comparable, identical in training and serving)."""
+    from codebrain_node.contrasts import Contrast
+    from training.datasets import find_cases, intensity_samples
+    from training.report import plot_normalisation
+
+    cases = {c.subject: c for c in find_cases(data)}
+    chosen = case or sorted(cases)[:4]
+    unknown = [name for name in chosen if name not in cases]
+    if unknown:
+        raise typer.BadParameter(f"not in {data}: {', '.join(unknown)}", param_hint="--case")
+    rows = []
+    for index, name in enumerate(chosen, 1):
+        contrasts = [
+            c for c in (Contrast.T1, Contrast.T1GD, Contrast.T2, Contrast.FLAIR, Contrast.PD) if c in cases[name].paths
+        ]
+        typer.echo(f"[{index}/{len(chosen)}] {name}: {', '.join(str(c) for c in contrasts)}")
+        raw, normalised = intensity_samples(cases[name], contrasts)
+        rows.append((name, raw, normalised))
+    typer.echo(f"figure: {plot_normalisation(rows, out)}")

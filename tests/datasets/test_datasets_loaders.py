@@ -160,3 +160,38 @@ def test_a_committed_split_names_every_subject_and_leaves_the_rest_out(tmp_path:
     assert "A-native" not in set(splits.train.subjects) | set(splits.val.subjects) | set(splits.test.subjects)
     with pytest.raises(ValueError, match=r"lacks.*\['D'\]"):
         build_datasets(data, [Contrast.T1, Contrast.T2], size=160, assignment={"train": ["A", "D"]})
+
+
+def test_sites_an_order_of_magnitude_apart_look_alike_after_normalisation(
+    small_case: PhantomCase, tmp_path: Path
+) -> None:
+    """The same anatomy stored at 30x the scale (as TCIA10 against other BraTS sites) and with a background of
+    small non-zero values (as the MS case) reaches the model with the same intensities; the figure draws both."""
+    from training.datasets import intensity_samples
+    from training.report import plot_normalisation
+
+    write_nifti_case(small_case, tmp_path / "plain")
+    contrasts = [Contrast.T1, Contrast.T2]
+    (case,) = find_cases(tmp_path / "plain")
+    scaled_root = tmp_path / "scaled" / case.subject
+    rng = np.random.default_rng(0)
+    for contrast in contrasts:
+        image = sitk.ReadImage(str(case.paths[contrast]), sitk.sitkFloat32)
+        array = sitk.GetArrayFromImage(image)
+        noisy = np.where(array > 0, array * 30.0, rng.uniform(-0.009, 0.009, array.shape)).astype(np.float32)
+        out = sitk.GetImageFromArray(noisy)
+        out.CopyInformation(image)
+        _write(out, scaled_root / case.paths[contrast].name)
+    (scaled,) = find_cases(tmp_path / "scaled")
+    raw_a, normalised_a = intensity_samples(case, contrasts)
+    raw_b, normalised_b = intensity_samples(scaled, contrasts)
+    for contrast in ("T1", "T2"):
+        assert np.median(raw_b[contrast]) > 10 * np.median(raw_a[contrast])  # as stored: far apart
+        a, b = (
+            np.quantile(normalised_a[contrast], [0.1, 0.5, 0.9]),
+            np.quantile(normalised_b[contrast], [0.1, 0.5, 0.9]),
+        )
+        np.testing.assert_allclose(a, b, atol=0.02)  # as the model sees them: alike
+        assert normalised_b[contrast].min() >= 0.0 and normalised_b[contrast].max() <= 1.0
+    png = plot_normalisation([("plain", raw_a, normalised_a), ("x30", raw_b, normalised_b)], tmp_path / "n.png")
+    assert png.stat().st_size > 10_000

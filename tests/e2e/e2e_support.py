@@ -26,7 +26,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import DestinationSettings, DicomDestinationSettings, Settings
 from codebrain_node.contrasts import Contrast
-from codebrain_node.db.models import Study, StudyState
+from codebrain_node.db.models import (
+    AuditEvent,
+    Export,
+    ExportKind,
+    ExportStatus,
+    Job,
+    JobStatus,
+    Series,
+    Study,
+    StudyState,
+)
 from codebrain_node.model import CodeBrain, ModelConfig, save_inference_checkpoint
 from codebrain_node.phantom.case import make_phantom_case
 from codebrain_node.phantom.dicom_study import SeriesLayout, write_dicom_study
@@ -70,16 +80,48 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
+def wait_for(
+    condition: Callable[[], Any],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.2,
+    explain: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout_s`` (and what
+    ``explain`` says then: a timeout on a loaded CI machine is otherwise a riddle)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            detail = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
         time.sleep(interval_s)
+
+
+def study_story(factory: sessionmaker[Session], study_uid: str) -> str:
+    """A study's state, jobs, exports and audit trail, one line each (for a timed-out test's message)."""
+    with factory() as session:
+        study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
+        if study is None:
+            return "study not on record"
+        lines = [f"state {StudyState(study.state).value}, last received {study.last_received_at}"]
+        for job in session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id)):
+            lines.append(
+                f"job {job.id} {JobStatus(job.status).value} inputs {sorted(job.inputs)} targets {job.targets} "
+                f"created {job.created_at} error {job.error}"
+            )
+        exports = select(Export, Series).join(Series).where(Series.study_id == study.id).order_by(Export.id)
+        for export, series in session.execute(exports):
+            lines.append(
+                f"export {export.id} {ExportKind(export.kind).value} {series.contrast} #{series.series_number} "
+                f"superseded {series.superseded_at is not None}: {ExportStatus(export.status).value} "
+                f"attempts {export.attempts} next {export.next_attempt_at} error {export.last_error}"
+            )
+        events = select(AuditEvent).where(AuditEvent.study_id == study.id).order_by(AuditEvent.id)
+        lines += [f"{event.at} {event.actor} {event.action} {event.details}" for event in session.scalars(events)]
+        return "\n".join(lines)
 
 
 # --- model and phantom ----------------------------------------------------------------------------------------

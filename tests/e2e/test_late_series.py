@@ -25,6 +25,7 @@ from e2e_support import (
     series_files,
     storescu,
     study_state,
+    study_story,
     study_uid_of,
     wait_for,
 )
@@ -195,7 +196,10 @@ def test_a_late_flair_withdraws_the_synthetic_flair_and_replaces_the_t1gd(
 
         late = storescu(node.port, series_files(folder, "301_"))  # the FLAIR the scanner sent late
         assert late.returncode == 0, late.stderr
-        notes = wait_for(lambda: len(_notes(pacs_scp)) == 3 and _notes(pacs_scp), 180, "three rejection notes", 0.5)
+        story = lambda: study_story(node.factory, study_uid)  # noqa: E731
+        notes = wait_for(
+            lambda: len(_notes(pacs_scp)) == 3 and _notes(pacs_scp), 180, "three rejection notes", 0.5, story
+        )
         wait_for(
             lambda: (
                 len(_synthetic_series(_received(pacs_scp))) == 5 and study_state(node.factory, study_uid) == "exported"
@@ -203,6 +207,7 @@ def test_a_late_flair_withdraws_the_synthetic_flair_and_replaces_the_t1gd(
             120,
             "the replacements sent and the study exported",
             0.5,
+            lambda: f"{len(_synthetic_series(_received(pacs_scp)))} synthetic series at the PACS\n{story()}",
         )
         with node.factory() as session:
             status_text = render(session)
