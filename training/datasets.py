@@ -350,8 +350,9 @@ def intensity_samples(
     case: Case, contrasts: Sequence[Contrast], size: int = 256, limit: int = 200_000, seed: int = 0
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Intensities of one case as stored (inside each file's own foreground mask, so a background of small
-    non-zero values does not count) and as the model sees them (inside the brain mask after :func:`prepare_case`), each subsampled to at most ``limit`` values: for the figure that shows
-    the normalisation makes sites comparable."""
+    non-zero values does not count) and as the model sees them (inside the brain mask after
+    :func:`prepare_case`), each subsampled to at most ``limit`` values: for the figure that shows the normalisation
+    makes sites comparable."""
     rng = np.random.default_rng(seed)
 
     def sample(values: np.ndarray) -> np.ndarray:
