@@ -10,6 +10,14 @@ Multi-frame images (Enhanced MR, PS3.3 A.36.2, and its legacy-converted form, A.
 and MR parameters in functional group macros (C.7.6.16). :func:`frame_headers` flattens them into one classic-looking
 header per frame, so the classifier, the engine and the writer treat a frame exactly as a single-frame slice; the
 pixel data of those frames is decoded by highdicom, which applies each frame's Pixel Value Transformation.
+
+Compressed pixel data (any encapsulated transfer syntax the receiver accepts: JPEG baseline/extended/lossless,
+JPEG-LS, JPEG 2000, HTJ2K, RLE; PS3.5 8.2 and A.4) is decoded by pydicom through the pylibjpeg plugins declared in
+pyproject.toml (pylibjpeg-libjpeg for JPEG and JPEG-LS, pylibjpeg-openjpeg for JPEG 2000 and HTJ2K; RLE by
+pydicom itself), not by SimpleITK's bundled GDCM: one decoder for the engine, multi-frame input and the review
+page, whose codecs are a declared dependency rather than a property of one SimpleITK wheel (that GDCM also writes
+"Unsupported JPEG data precision 12" to stderr for every 12-bit JPEG slice). The planes get the same Modality LUT
+(rescale) as SimpleITK applies, so a losslessly compressed series reads voxel for voxel like its uncompressed twin.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_rescale
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
@@ -132,7 +141,8 @@ class DicomSeries:
 
 
 def read_dicom_series(paths: Sequence[Path]) -> DicomSeries:
-    """The files of ONE series, any order, single-frame (pixels by SimpleITK/GDCM) or multi-frame (highdicom)."""
+    """The files of ONE series, any order: single-frame (uncompressed pixels by SimpleITK, compressed ones by
+    pydicom's plugins) or multi-frame (highdicom)."""
     if not paths:
         raise ValueError("no DICOM files given")
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
@@ -140,14 +150,32 @@ def read_dicom_series(paths: Sequence[Path]) -> DicomSeries:
         headers, planes = _read_frames(paths, headers)
         return _on_regular_grid(headers, np.stack(planes))
     order = sorted(range(len(paths)), key=lambda i: _sort_key(headers[i]))
+    compressed = any(is_compressed(headers[i]) for i in order)
     headers = [headers[i] for i in order]
     _check_one_stack(headers)
+    if compressed:
+        return _on_regular_grid(headers, np.stack([_decoded_plane(paths[i]) for i in order]))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(paths[i]) for i in order])
     image = reader.Execute()
     if _regular(headers):
         return DicomSeries(headers, image, list(range(len(headers))))
     return _on_regular_grid(headers, sitk.GetArrayFromImage(image))
+
+
+def is_compressed(header: Dataset) -> bool:
+    """Whether the file's pixel data is encapsulated (compressed), by its File Meta transfer syntax."""
+    meta = getattr(header, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return bool(syntax is not None and syntax.is_compressed)
+
+
+def _decoded_plane(path: Path) -> np.ndarray:
+    """One single-frame slice decoded by pydicom (pylibjpeg plugins) with its Modality LUT applied: Rescale
+    Slope/Intercept or a Modality LUT Sequence (PS3.3 C.11.1), as SimpleITK does for uncompressed files, so the
+    values (float64 with a rescale, the stored integers without) are those of the uncompressed twin."""
+    dataset = pydicom.dcmread(path)
+    return apply_rescale(dataset.pixel_array, dataset)
 
 
 def _regular(headers: Sequence[Dataset], tolerance: float = 0.1) -> bool:

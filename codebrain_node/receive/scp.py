@@ -2,8 +2,9 @@
 
 Accepted: Verification, and MR Image Storage / Enhanced MR Image Storage in the uncompressed syntaxes (implicit
 and explicit little endian, deflate, explicit big endian) and the compressed ones (JPEG baseline/extended/lossless,
-JPEG-LS, JPEG 2000, HTJ2K, RLE). Compressed pixel data is stored as sent; the engine decodes it later. Any other
-SOP class gets its presentation context rejected ("abstract syntax not supported").
+JPEG-LS, JPEG 2000, HTJ2K, RLE). Compressed pixel data is stored as sent; the engine decodes it later (pydicom
+with the pylibjpeg plugins, ``imaging/series_io.py``), so nothing here decodes or transcodes. Any other SOP class
+gets its presentation context rejected ("abstract syntax not supported").
 
 Association policy, checked on EVT_REQUESTED before negotiation:
   - calling AE title not in ``dicom.allowed_callers`` (unless ``accept_unknown_callers``): A-ASSOCIATE-RJ
