@@ -30,6 +30,14 @@ nothing was acquired, so they are ``RM`` (research mode) and ``NONE``; the type 
 input, because copied values would describe a different sequence. No Contrast/Bolus Module (PS3.3 C.7.6.4:
 required only if contrast media was used in *this* image): a synthetic T1Gd was made without any agent.
 
+Every Type 1, 2 and required 2C attribute of the MR Image IOD (PS3.3 A.4.3) is written whatever the reference
+holds, because a reference may come from a PACS or an anonymiser that stripped optional ones and a PACS that
+validates refuses an incomplete object: Type 2 ones the reference lacks are present and empty (Patient Position,
+2C in General Series C.7.3.1 for MR, included), the Frame of Reference UID (Type 1, C.7.4.1) is a new one for the
+series when the reference has none, and the acquisition equipment goes into Contributing Equipment only when its
+Manufacturer (Type 1 there, C.12.1) is known. ``tests/write/test_every_object_validates.py`` checks this with
+dciodvfy from a minimal-header reference.
+
 Pixels are unsigned 16-bit (PS3.3 C.7.6.3), Window Center/Width from robust percentiles of the whole series so
 every slice displays alike. DS values are written with pydicom's auto-formatting (≤ 16 characters, PS3.5 6.2).
 Files are written under ``out_dir/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` via a temporary name, fsync and
@@ -160,6 +168,9 @@ def write_synthetic_series(
     inputs_text = ", ".join(f"{c.value} series {datasets[0].SeriesInstanceUID}" for c, datasets in _ordered(sources))
     source_centres = {c: [(ds, slice_centre(ds)) for ds in datasets] for c, datasets in _ordered(sources)}
     number = series_number if series_number is not None else 1000 + int(reference[0].get("SeriesNumber", 0) or 0)
+    # Frame of Reference Module (PS3.3 C.7.4.1): the UID is Type 1; a reference without one gets one new UID for the
+    # whole synthetic series, so its slices still share one patient coordinate system
+    frame_of_reference = str(reference[0].get("FrameOfReferenceUID", "") or "") or generate_uid()
 
     target_dir = Path(out_dir) / series_uid
     make_dirs_durably(target_dir)
@@ -176,6 +187,7 @@ def write_synthetic_series(
             now=now,
             inputs_text=inputs_text,
             replaces=replaces,
+            frame_of_reference_uid=frame_of_reference,
         )
         ds.SourceImageSequence = _source_images(ref, source_centres)
         _set_geometry(ds, ref, spacing)
@@ -286,17 +298,12 @@ def _instance(
     instance_number: int,
     now: datetime,
     inputs_text: str,
+    frame_of_reference_uid: str,
     replaces: int | None = None,
 ) -> Dataset:
-    """Every attribute except geometry, pixels and source references (PS3.3 A.4 MR Image IOD)."""
-    ds = Dataset()
-    for keyword in COPIED_FROM_REFERENCE:
-        if keyword in ref:
-            ds[keyword] = ref[keyword]
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime"):
-        ds.setdefault(keyword, "")  # type 2: present, may be empty
-    for keyword in ("ReferringPhysicianName", "StudyID", "AccessionNumber", "PositionReferenceIndicator"):
-        ds.setdefault(keyword, "")
+    """Every attribute except geometry, pixels and source references (PS3.3 A.4 MR Image IOD); what the reference
+    lacks is filled as its module requires (see :func:`_fill_from_reference`)."""
+    ds = _fill_from_reference(ref, frame_of_reference_uid)
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
     # SOP Common (C.12.1)
@@ -356,16 +363,60 @@ def _instance(
     return ds
 
 
+#: Type 2 attributes of the modules whose values come from the reference: present and empty when it lacks them.
+#: Patient Module C.7.1.1; General Study C.7.2.1; Frame of Reference C.7.4.1 (Position Reference Indicator);
+#: General Series C.7.3.1 (Patient Position is 2C, required for MR images without a Patient Orientation Code
+#: Sequence, which the node never writes, and may be empty).
+EMPTY_IF_UNKNOWN = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "PositionReferenceIndicator",
+    "PatientPosition",
+)
+
+
+def _fill_from_reference(ref: Dataset, frame_of_reference_uid: str) -> Dataset:
+    """Patient, study, frame of reference and patient position from the reference slice, complete even when it is
+    not: PACS and anonymisers strip optional attributes, and an object missing a Type 1 or 2 one is refused by a
+    validating archive (dciodvfy: "Missing attribute Type 2C Conditional Element=<PatientPosition>").
+
+    Type 1: Frame of Reference UID (PS3.3 C.7.4.1), the series' own new one when the reference has none.
+    Type 2 / 2C: :data:`EMPTY_IF_UNKNOWN`, present with zero length when unknown (PS3.5 7.4.3 and 7.4.4); nothing
+    is guessed (a Patient Position of HFS, say, would be a claim about this patient).
+    """
+    ds = Dataset()
+    for keyword in COPIED_FROM_REFERENCE:
+        if keyword in ref:
+            ds[keyword] = ref[keyword]
+    for keyword in EMPTY_IF_UNKNOWN:
+        ds.setdefault(keyword, "")
+    if not ds.get("FrameOfReferenceUID"):
+        ds.FrameOfReferenceUID = frame_of_reference_uid
+    return ds
+
+
 def _contributing_equipment(ref: Dataset, model_name: str, model_version: str) -> list[Dataset]:
+    """Contributing Equipment Sequence (PS3.3 C.12.1, Table C.12-1): this node as Synthesizing Equipment, and the
+    scanner as Acquisition Equipment when the reference names its Manufacturer (Type 1 within an item; an item
+    with an empty one is invalid, and an unknown scanner is better left out than invented)."""
     node = Dataset()
     node.PurposeOfReferenceCodeSequence = [_code(SYNTHESIZING_EQUIPMENT)]
     node.Manufacturer = MANUFACTURER
     node.ManufacturerModelName = model_name[:64]
     node.SoftwareVersions = [f"codebrain-node {__version__}"[:64], f"{model_name} {model_version}"[:64]]
     node.ContributionDescription = f"AI synthesis of a missing MR contrast with {model_name} {model_version}"[:64]
+    if not ref.get("Manufacturer"):
+        return [node]
     scanner = Dataset()
     scanner.PurposeOfReferenceCodeSequence = [_code(ACQUISITION_EQUIPMENT)]
-    scanner.Manufacturer = ref.get("Manufacturer", "") or ""
+    scanner.Manufacturer = ref.Manufacturer
     for keyword in (
         "InstitutionName",
         "StationName",

@@ -89,3 +89,30 @@ def acquired_series(
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         datasets.append(ds)
     return datasets
+
+
+def minimal_series(slices: int = 4, rows: int = 16, columns: int = 12) -> list[pydicom.Dataset]:
+    """An MR series with only what the node needs to receive and read it (the SOP, study and series UIDs, the
+    geometry, the pixels): no patient or study attributes, no Frame of Reference, Patient Position or
+    Manufacturer, as an anonymiser or a sparse PACS export may leave it."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    rng = np.random.default_rng(1)
+    datasets = []
+    for index in range(slices):
+        ds = pydicom.Dataset()
+        ds.SOPClassUID = MRImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.Modality = "MR"
+        ds.ImagePositionPatient = [0.0, 0.0, 3.0 * index]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = rows, columns
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = rng.integers(0, 4000, size=(rows, columns), dtype=np.uint16).tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        datasets.append(ds)
+    return datasets
