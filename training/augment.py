@@ -1,6 +1,6 @@
 """Tensor augmentations in plain torch, applied per sample and identically to every contrast of that sample.
 
-A sample's contrasts (and its 2.5-D neighbours and brain mask) are one anatomy seen N ways, so they must move
+A sample's contrasts (and its brain mask) are one anatomy seen N ways, so they must move
 together: each augmentation draws one transform per sample and applies it to all of its channels. Everything is
 drawn from a ``torch.Generator`` the caller seeds per step, so a resumed run sees exactly the same augmentations.
 
@@ -36,17 +36,13 @@ from training.train_config import AugmentConfig
 def augment_batch(
     images: Tensor,
     brain_mask: Tensor | None,
-    context: Tensor | None,
     cfg: AugmentConfig,
     generator: torch.Generator,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """images ``[B, N, H, W]``, brain_mask ``[B, H, W]`` bool, context ``[B, N, 2k, H, W]`` → same shapes."""
+) -> tuple[Tensor, Tensor | None]:
+    """images ``[B, N, H, W]``, brain_mask ``[B, H, W]`` bool → same shapes."""
     batch, n = images.shape[:2]
-    context_channels = 0 if context is None else context.shape[1] * context.shape[2]
-    # One stack per sample: contrasts, then neighbours, then the mask, so one transform moves them all.
+    # One stack per sample: contrasts, then the mask, so one transform moves them all.
     parts = [images]
-    if context is not None:
-        parts.append(context.flatten(1, 2))
     if brain_mask is not None:
         parts.append(brain_mask.unsqueeze(1).to(images.dtype))
     stack = torch.cat(parts, dim=1)
@@ -70,16 +66,11 @@ def augment_batch(
         stack = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     if cfg.crop and cfg.crop < stack.shape[-1]:
-        stack = random_crop(
-            stack, cfg.crop, generator, brain_channel=n + context_channels if brain_mask is not None else None
-        )
+        stack = random_crop(stack, cfg.crop, generator, brain_channel=n if brain_mask is not None else None)
 
     images_out = stack[:, :n].clamp(0.0, 1.0)
-    context_out = None
-    if context is not None:
-        context_out = stack[:, n : n + context_channels].reshape(*context.shape[:3], *stack.shape[-2:]).clamp(0.0, 1.0)
-    mask_out = None if brain_mask is None else stack[:, n + context_channels] > 0.5
-    return images_out.contiguous(), mask_out, context_out
+    mask_out = None if brain_mask is None else stack[:, n] > 0.5
+    return images_out.contiguous(), mask_out
 
 
 def random_crop(stack: Tensor, size: int, generator: torch.Generator, brain_channel: int | None) -> Tensor:

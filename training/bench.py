@@ -65,10 +65,7 @@ def _random_batch(cfg: ModelConfig, batch: int, size: int, device: torch.device)
     n = cfg.num_contrasts
     available = torch.ones(batch, n, dtype=torch.bool, device=device)
     available[torch.arange(batch), torch.arange(batch) % n] = False  # one missing contrast, cycling
-    context = None
-    if cfg.context_slices:
-        context = torch.rand(batch, n, 2 * cfg.context_slices, size, size, device=device)
-    return {"images": torch.rand(batch, n, size, size, device=device), "available": available, "context": context}
+    return {"images": torch.rand(batch, n, size, size, device=device), "available": available}
 
 
 def inference_gflops_per_slice(model: torch.nn.Module, cfg: ModelConfig, size: int) -> float:
@@ -148,7 +145,7 @@ def bench_train(
         model = model.to(memory_format=torch.channels_last)
     task = Stage1Task(model, recipe, dist) if stage == 1 else Stage2Task(model, recipe, dist)
     images = _random_batch(cfg, batch, size, device)
-    train_batch = {"image": images["images"], "context": images["context"]}
+    train_batch = {"image": images["images"]}
     generator = torch.Generator().manual_seed(0)
     step_index = recipe.gan_start_step if stage == 1 else 0  # Stage I with its GAN term on, as most steps are
 

@@ -174,10 +174,9 @@ class _Volume:
 
 @dataclass
 class SliceDataset(Dataset):
-    """2-D axial slices with brain content from prepared volumes (optionally with 2k neighbouring slices)."""
+    """2-D axial slices with brain content from prepared volumes."""
 
     volumes: list[_Volume]
-    context_slices: int = 0
     min_brain_fraction: float = 0.01
     index: list[tuple[int, int]] = field(init=False)
 
@@ -202,15 +201,6 @@ class SliceDataset(Dataset):
             "subject": volume.subject,
             "slice_index": z,
         }
-        k = self.context_slices
-        if k > 0:
-            n, depth, h, w = volume.arrays.shape
-            context = np.zeros((n, 2 * k, h, w), dtype=np.float32)
-            neighbours = [*range(z - k, z), *range(z + 1, z + k + 1)]
-            for j, zz in enumerate(neighbours):
-                if 0 <= zz < depth:
-                    context[:, j] = volume.arrays[:, zz]
-            sample["context"] = torch.from_numpy(context)
         return sample
 
 
@@ -279,12 +269,11 @@ def read_split_file(spec: str | Path) -> dict[str, list[str]]:
 def datasets_for_model(
     data_dir: Path | str, model_cfg: Any, split: SubjectSplit, cache_dir: Path | str | None = None
 ) -> DatasetSplits:
-    """The slices a model of ``model_cfg`` trains and is evaluated on (its contrasts, its 2.5-D context)."""
+    """The slices a model of ``model_cfg`` trains and is evaluated on (its contrasts)."""
     return build_datasets(
         data_dir,
         [Contrast(c) for c in model_cfg.contrasts],
         size=split.size,
-        context_slices=model_cfg.context_slices,
         val_fraction=split.val_fraction,
         test_fraction=split.test_fraction,
         seed=split.seed,
@@ -298,7 +287,6 @@ def build_datasets(
     contrasts: Sequence[Contrast],
     *,
     size: int = 256,
-    context_slices: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
@@ -341,7 +329,7 @@ def build_datasets(
         log.info("prepared %s: %d slices", case.subject, arrays.shape[1])
 
     def dataset(names: list[str]) -> SliceDataset:
-        return SliceDataset([loaded[s] for s in sorted(names)], context_slices, min_brain_fraction)
+        return SliceDataset([loaded[s] for s in sorted(names)], min_brain_fraction)
 
     return DatasetSplits(dataset(train_s), dataset(val_s), dataset(test_s))
 

@@ -77,25 +77,25 @@ class Method(Protocol):
     """A way to fill in missing contrasts, called with a batch of slices and several patterns at once, so that
     one forward pass covers every pattern of a few slices (and a method can share work across a slice's patterns).
 
-    ``images`` ``[S, N, H, W]`` (the complete set), ``available`` ``[S, P, N]``, ``context`` ``[S, N, 2k, H, W]``
-    or None, ``brain_mask`` ``[S, H, W]`` → every contrast ``[S, P, N, H, W]``, available ones copied through.
+    ``images`` ``[S, N, H, W]`` (the complete set), ``available`` ``[S, P, N]``, ``brain_mask`` ``[S, H, W]`` →
+    every contrast ``[S, P, N, H, W]``, available ones copied through.
     """
 
     name: str
 
-    def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor: ...
+    def predict(self, images: Tensor, available: Tensor, brain_mask: Tensor) -> Tensor: ...
 
 
 def for_device(sizes: dict[str, int], device: torch.device) -> int:
     return sizes.get(device.type, sizes["cpu"])
 
 
-def passes(size: int | None, *tensors: Tensor | None) -> Iterator[tuple[Any, ...]]:
+def passes(size: int | None, *tensors: Tensor) -> Iterator[tuple[Any, ...]]:
     """The tensors cut along their first axis into forward passes of at most ``size`` (None: one pass)."""
     total = tensors[0].shape[0]
     size = size or total
     for start in range(0, total, size):
-        yield tuple(None if t is None else t[start : start + size] for t in tensors)
+        yield tuple(t[start : start + size] for t in tensors)
 
 
 def per_pattern(values: Tensor, patterns: int) -> Tensor:
@@ -176,13 +176,12 @@ class ImputerMethod:
     tally: ConfidenceTally | None = None
     batch_size: int | None = None
 
-    def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor:
+    def predict(self, images: Tensor, available: Tensor, brain_mask: Tensor) -> Tensor:
         s, p = available.shape[:2]
-        context = None if context is None else per_pattern(context, p)
-        inputs = per_pattern(images, p), available.flatten(0, 1), context, per_pattern(brain_mask, p)
+        inputs = per_pattern(images, p), available.flatten(0, 1), per_pattern(brain_mask, p)
         outputs = []
-        for pass_images, pass_available, pass_context, pass_mask in passes(self.batch_size, *inputs):
-            output = self.model.impute(pass_images, pass_available, pass_context)
+        for pass_images, pass_available, pass_mask in passes(self.batch_size, *inputs):
+            output = self.model.impute(pass_images, pass_available)
             if self.tally is not None and output.confidence is not None:
                 self.tally.add(output.confidence, output.images, pass_images, pass_available, pass_mask)
             outputs.append(output.images)
@@ -204,22 +203,21 @@ class PosteriorCodeMethod:
     reconstruction_psnr: list[Tensor] | None = field(default_factory=list)
     batch_size: int | None = None  # inputs per forward pass (None: all at once)
 
-    def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor:
+    def predict(self, images: Tensor, available: Tensor, brain_mask: Tensor) -> Tensor:
         s, p = available.shape[:2]
         images = images.float().contiguous(memory_format=torch.channels_last)  # as impute(): ~25 % faster on CPU
         with torch.inference_mode():
-            codes, _ = self.model.encode_codes(images, context)
+            codes, _ = self.model.encode_codes(images)
             codes = codes.contiguous(memory_format=torch.channels_last)
             if self.reconstruction_psnr is not None:
                 complete = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
-                recon = self.model.decode(codes, images, complete, context).float().clamp(0, 1)
+                recon = self.model.decode(codes, images, complete).float().clamp(0, 1)
                 per_contrast = [psnr(recon[:, c], images[:, c]) for c in range(images.shape[1])]
                 self.reconstruction_psnr.append(torch.stack(per_contrast, dim=1).mean(dim=1).cpu())
-            context = None if context is None else per_pattern(context, p)
-            inputs = per_pattern(codes, p), per_pattern(images, p), available.flatten(0, 1), context
+            inputs = per_pattern(codes, p), per_pattern(images, p), available.flatten(0, 1)
             outputs = []
-            for pass_codes, pass_images, pass_available, pass_context in passes(self.batch_size, *inputs):
-                recon = self.model.decode(pass_codes, pass_images, pass_available, pass_context)
+            for pass_codes, pass_images, pass_available in passes(self.batch_size, *inputs):
+                recon = self.model.decode(pass_codes, pass_images, pass_available)
                 outputs.append(torch.where(pass_available[..., None, None], pass_images, recon.float().clamp(0, 1)))
         return torch.cat(outputs).unflatten(0, (s, p))
 
@@ -236,7 +234,7 @@ class NearestMethod:
     baseline: NearestContrast
     name: str = "nearest contrast"
 
-    def predict(self, images: Tensor, available: Tensor, context: Tensor | None, brain_mask: Tensor) -> Tensor:
+    def predict(self, images: Tensor, available: Tensor, brain_mask: Tensor) -> Tensor:
         s, p = available.shape[:2]
         flat = self.baseline.predict(per_pattern(images, p), available.flatten(0, 1), per_pattern(brain_mask, p))
         return flat.unflatten(0, (s, p))
@@ -318,10 +316,9 @@ def score_methods(
     for batch in loader:
         images = batch["image"].to(device).float()
         brain_mask = batch.get("brain_mask", torch.ones_like(images[:, 0], dtype=torch.bool)).to(device).bool()
-        context = batch["context"].to(device).float() if "context" in batch else None
         s = images.shape[0]
         for method in methods:
-            prediction = method.predict(images, available.expand(s, -1, -1), context, brain_mask)
+            prediction = method.predict(images, available.expand(s, -1, -1), brain_mask)
             for key, values in pair_figures(prediction, images, brain_mask, pair_of, len(pairs), metric_batch).items():
                 bucket = sums[method.name].setdefault(key, torch.zeros(len(pairs), dtype=torch.float64))
                 bucket += values

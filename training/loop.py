@@ -223,17 +223,13 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
 
 
 def prepare_batch(batch: Mapping[str, Any], cfg: TrainConfig, dist: Distributed, generator: torch.Generator | None):
-    """Move to the device and augment (training only) every contrast, neighbour and mask of a sample alike."""
+    """Move to the device and augment (training only) every contrast and the mask of a sample alike."""
     batch = to_device(batch, dist.device)
     if generator is not None:
-        images, mask, context = augment_batch(
-            batch["image"], batch.get("brain_mask"), batch.get("context"), cfg.augment, generator
-        )
+        images, mask = augment_batch(batch["image"], batch.get("brain_mask"), cfg.augment, generator)
         batch["image"] = images
         if mask is not None:
             batch["brain_mask"] = mask
-        if context is not None:
-            batch["context"] = context
         if cfg.augment.intensity:  # what the network reads; the losses keep comparing with batch["image"]
             batch["input"] = intensity_augment(images, cfg.augment, generator)
     return batch

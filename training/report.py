@@ -180,8 +180,7 @@ def example_grid(
         images = sample["image"].unsqueeze(0).to(device).float()
         mask = sample.get("brain_mask", torch.ones_like(sample["image"][0], dtype=torch.bool))
         mask = mask.unsqueeze(0).to(device).bool()
-        context = sample["context"].unsqueeze(0).to(device).float() if "context" in sample else None
-        outputs = [m.predict(images, leave_one_out, context, mask)[0].float().cpu() for m in methods]  # [N, N, H, W]
+        outputs = [m.predict(images, leave_one_out, mask)[0].float().cpu() for m in methods]  # [N, N, H, W]
         for target in range(n):
             predictions = [output[target, target] for output in outputs]
             truth = images[0, target].cpu()

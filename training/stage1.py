@@ -142,12 +142,12 @@ class Stage1Task:
         return self.model
 
     def train_step(self, batch: dict[str, Tensor], step: int, generator: torch.Generator) -> dict[str, float]:
-        images, context = batch["image"], batch.get("context")
+        images = batch["image"]
         available = draw_availability(images, self.cfg, step, generator)
         gan_active = self.discriminator is not None and step >= self.cfg.gan_start_step
 
         with autocast(self.dist):
-            recon = reconstruction(self.net(batch.get("input", images), available, context)).float()
+            recon = reconstruction(self.net(batch.get("input", images), available)).float()
         loss_missing = masked_psnr_loss(recon, images, ~available)
         loss_available = masked_psnr_loss(recon, images, available)
         loss = self.cfg.lambda_missing * loss_missing + self.cfg.lambda_available * loss_available
@@ -185,13 +185,13 @@ class Stage1Task:
 
     def validate(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, float]:
         """Reconstruction figures on fixed random patterns; eval mode, raw (un-wrapped) model."""
-        images, context = batch["image"], batch.get("context")
+        images = batch["image"]
         available = random_availability(images.shape[0], images.shape[1], generator).to(images.device)
         was_training = self.model.training
         self.model.eval()
         try:
             with autocast(self.dist):
-                recon = reconstruction(self.model.stage1_forward(images, available, context)["recon"]).float()
+                recon = reconstruction(self.model.stage1_forward(images, available)["recon"]).float()
         finally:
             self.model.train(was_training)
         loss_missing = masked_psnr_loss(recon.clamp(0, 1), images, ~available)

@@ -41,19 +41,19 @@ class Stage2Task:
         return self.model
 
     def _logits_and_targets(
-        self, images: Tensor, inputs: Tensor, available: Tensor, context: Tensor | None, prior: nn.Module
+        self, images: Tensor, inputs: Tensor, available: Tensor, prior: nn.Module
     ) -> tuple[Tensor, Tensor]:
         """The prior's logits on what it reads (``inputs``, maybe intensity-augmented) and the frozen posterior's
         codes of the clean complete set."""
-        targets = self.model.code_levels(images, context)
+        targets = self.model.code_levels(images)
         with autocast(self.dist):
-            logits = prior(encoder_input(self.model.cfg, inputs, available, context))
+            logits = prior(encoder_input(inputs, available))
         return logits.float(), targets
 
     def train_step(self, batch: dict[str, Tensor], step: int, generator: torch.Generator) -> dict[str, float]:
-        images, context = batch["image"], batch.get("context")
+        images = batch["image"]
         available = draw_availability(images, self.cfg, step, generator)
-        logits, targets = self._logits_and_targets(images, batch.get("input", images), available, context, self.prior)
+        logits, targets = self._logits_and_targets(images, batch.get("input", images), available, self.prior)
         cfg = self.model.cfg
         loss = grading_loss(logits, targets, cfg.levels, cfg.grading)
         optimizer = self.optimizers["prior"]
@@ -65,12 +65,12 @@ class Stage2Task:
 
     def validate(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, float]:
         """Grading loss/accuracy and the PSNR of the full inference path on the missing contrasts."""
-        images, context = batch["image"], batch.get("context")
+        images = batch["image"]
         available = random_availability(images.shape[0], images.shape[1], generator).to(images.device)
         self.model.prior_encoder.eval()
         try:
-            logits, targets = self._logits_and_targets(images, images, available, context, self.model.prior_encoder)
-            imputed = self.model.impute(images, available, context).images
+            logits, targets = self._logits_and_targets(images, images, available, self.model.prior_encoder)
+            imputed = self.model.impute(images, available).images
         finally:
             self.model.prior_encoder.train()
         cfg = self.model.cfg

@@ -10,9 +10,9 @@ Stage II (grading) trains the prior encoder P(x_incomplete) → Σ(L−1) ordina
 (targets from the frozen posterior encoder). At inference the posterior encoder is not needed:
 x̂ = D(FSQ⁻¹(decode(P(x_incomplete))), E_c(x_incomplete)); available contrasts are copied through unchanged.
 
-2.5-D (``context_slices = k``): each encoder also reads the 2k neighbouring slices of every contrast as extra
-channels (missing contrasts' neighbours zero-filled). Confidence (``confidence = true``): for each 8×8 region the
-mean over code channels of the grading probability of the decoded level, upsampled bilinearly to image size.
+Every encoder reads one axial slice of every contrast (2-D). Confidence (``confidence = true``): for each 8×8
+region the mean over code channels of the grading probability of the decoded level, upsampled bilinearly to image
+size.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _check_inputs(cfg: ModelConfig, images: Tensor, available: Tensor, context: Tensor | None) -> None:
+def _check_inputs(cfg: ModelConfig, images: Tensor, available: Tensor) -> None:
     n = cfg.num_contrasts
     if images.ndim != 4 or images.shape[1] != n:
         raise ValueError(f"images must be [B, {n}, H, W] for contrasts {list(cfg.contrasts)}, got {list(images.shape)}")
@@ -52,23 +52,13 @@ def _check_inputs(cfg: ModelConfig, images: Tensor, available: Tensor, context: 
         raise ValueError(f"image height and width must be multiples of {DOWNSAMPLING}, got {list(images.shape[-2:])}")
     if available.shape != images.shape[:2]:
         raise ValueError(f"available must be [B, {n}], got {list(available.shape)}")
-    k = cfg.context_slices
-    if k and (context is None or context.shape != (images.shape[0], n, 2 * k, *images.shape[-2:])):
-        got = None if context is None else list(context.shape)
-        raise ValueError(f"context_slices={k} needs context [B, {n}, {2 * k}, H, W], got {got}")
 
 
-def encoder_input(cfg: ModelConfig, images: Tensor, available: Tensor | None, context: Tensor | None = None) -> Tensor:
-    """Stack the slice and its neighbours on channels; zero every missing contrast when ``available`` is given."""
-    x = images
-    if available is not None:
-        x = images * available.to(images.dtype).view(*available.shape, 1, 1)
-    if not cfg.context_slices:
-        return x
-    ctx = context.to(images.dtype)
-    if available is not None:
-        ctx = ctx * available.to(images.dtype).view(*available.shape, 1, 1, 1)
-    return torch.cat([x, ctx.flatten(1, 2)], dim=1)
+def encoder_input(images: Tensor, available: Tensor | None) -> Tensor:
+    """What an encoder reads: the slice's contrasts, every missing one zeroed when ``available`` is given."""
+    if available is None:
+        return images
+    return images * available.to(images.dtype).view(*available.shape, 1, 1)
 
 
 def inference_settings(device: torch.device, precision: str = "auto") -> tuple[bool, bool]:
@@ -90,18 +80,16 @@ class _Imputer(nn.Module, ABC):
     def _synthesise(self, x_in: Tensor, images: Tensor, available: Tensor) -> tuple[Tensor, Tensor | None]:
         """Encoder input → (every contrast, raw; confidence or None)."""
 
-    def impute(
-        self, images: Tensor, available: Tensor, context: Tensor | None = None, *, precision: str = "auto"
-    ) -> ImputeOutput:
+    def impute(self, images: Tensor, available: Tensor, *, precision: str = "auto") -> ImputeOutput:
         """Synthesise the missing contrasts of a batch; ``precision`` auto = bf16 on CUDA, fp32 on CPU."""
-        _check_inputs(self.cfg, images, available, context)
+        _check_inputs(self.cfg, images, available)
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
                 available = available.to(device=images.device, dtype=torch.bool)
                 channels_last, bf16 = inference_settings(images.device, precision)
-                x_in = encoder_input(self.cfg, images.float(), available, context)
+                x_in = encoder_input(images.float(), available)
                 if channels_last:
                     x_in = x_in.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -147,34 +135,34 @@ class CodeBrain(_Imputer):
         }
 
     # --- Stage I ---------------------------------------------------------------------------------------------
-    def encode_codes(self, images: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def encode_codes(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Complete set → (codes float [B, D, h, w], levels long [B, D, h, w])."""
-        codes, _ = self.quantizer(self.posterior_encoder(encoder_input(self.cfg, images, None, context)))
+        codes, _ = self.quantizer(self.posterior_encoder(encoder_input(images, None)))
         return codes, self.quantizer.codes_to_levels(codes)
 
-    def decode(self, codes: Tensor, images: Tensor, available: Tensor, context: Tensor | None = None) -> Tensor:
+    def decode(self, codes: Tensor, images: Tensor, available: Tensor) -> Tensor:
         """Codes + the incomplete set → every contrast (raw decoder output, not clamped)."""
-        features = self.common_encoder(encoder_input(self.cfg, images, available, context))
+        features = self.common_encoder(encoder_input(images, available))
         return self.decoder(codes.to(features.dtype), features)
 
-    def stage1_forward(self, images: Tensor, available: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
-        _check_inputs(self.cfg, images, available, context)
-        codes, levels = self.encode_codes(images, context)
-        recon = self.decode(codes, images, available, context)
+    def stage1_forward(self, images: Tensor, available: Tensor) -> dict[str, Tensor]:
+        _check_inputs(self.cfg, images, available)
+        codes, levels = self.encode_codes(images)
+        recon = self.decode(codes, images, available)
         return {"recon": recon, "codes": codes, "levels": levels, "indices": self.quantizer.levels_to_indices(levels)}
 
-    def forward(self, images: Tensor, available: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
-        return self.stage1_forward(images, available, context)
+    def forward(self, images: Tensor, available: Tensor) -> dict[str, Tensor]:
+        return self.stage1_forward(images, available)
 
     # --- Stage II --------------------------------------------------------------------------------------------
-    def code_levels(self, images: Tensor, context: Tensor | None = None) -> Tensor:
+    def code_levels(self, images: Tensor) -> Tensor:
         """Grading targets: levels of the complete set's code, long ``[B, D, H/8, W/8]`` (no gradient)."""
         with torch.no_grad():
-            return self.encode_codes(images, context)[1]
+            return self.encode_codes(images)[1]
 
-    def prior_logits(self, images: Tensor, available: Tensor, context: Tensor | None = None) -> Tensor:
-        _check_inputs(self.cfg, images, available, context)
-        return self.prior_encoder(encoder_input(self.cfg, images, available, context))
+    def prior_logits(self, images: Tensor, available: Tensor) -> Tensor:
+        _check_inputs(self.cfg, images, available)
+        return self.prior_encoder(encoder_input(images, available))
 
     def decode_prior(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Prior logits → (codes, probability of each decoded level) — both ``[B, D, h, w]``."""
@@ -213,13 +201,13 @@ class DirectRegression(_Imputer):
         planes = available.to(x_in.dtype).view(*available.shape, 1, 1).expand(-1, -1, *x_in.shape[-2:])
         return torch.cat([x_in, planes], dim=1)
 
-    def forward(self, images: Tensor, available: Tensor, context: Tensor | None = None) -> Tensor:
-        _check_inputs(self.cfg, images, available, context)
-        x_in = encoder_input(self.cfg, images, available, context)
+    def forward(self, images: Tensor, available: Tensor) -> Tensor:
+        _check_inputs(self.cfg, images, available)
+        x_in = encoder_input(images, available)
         return self.decoder(self.encoder(self._with_mask_planes(x_in, available)))
 
-    def stage1_forward(self, images: Tensor, available: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
-        return {"recon": self.forward(images, available, context)}
+    def stage1_forward(self, images: Tensor, available: Tensor) -> dict[str, Tensor]:
+        return {"recon": self.forward(images, available)}
 
     def _synthesise(self, x_in: Tensor, images: Tensor, available: Tensor) -> tuple[Tensor, Tensor | None]:
         return self.decoder(self.encoder(self._with_mask_planes(x_in, available))), None

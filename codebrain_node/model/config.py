@@ -1,8 +1,12 @@
 """The one description of a CodeBrain network, shared by the trainer, the engine and the checkpoints.
 
 A :class:`ModelConfig` holds only what fixes the *architecture* (contrasts, FSQ levels, widths, depths and the
-optional 2.5-D / confidence flags), so an inference checkpoint can rebuild its network from the JSON stored beside
-the weights. Training hyper-parameters live with the trainer.
+optional confidence flag), so an inference checkpoint can rebuild its network from the JSON stored beside the
+weights. Training hyper-parameters live with the trainer.
+
+Models are 2-D: the encoders read one axial slice of every contrast. The 2.5-D option (``context_slices``, the
+neighbouring slices as extra channels) was removed; configs stored before that (checkpoints carry
+``"context_slices": 0``) still load, the key dropped, and one with ``context_slices > 0`` is refused.
 
 Widths follow the authors' code: the posterior encoder runs at ``naf_dim``; the common encoder E_c, the decoder
 and the prior encoder at ``naf_dim * width_multiplier`` (3 in the paper). Every encoder has three stride-2 stages
@@ -36,7 +40,6 @@ class ModelConfig:
     stage_blocks: tuple[int, int, int] = (1, 1, 1)
     fsq_eps: float = 1e-3
     grading: str = "ordinal"
-    context_slices: int = 0
     confidence: bool = False
     image_size: int = 256
     discriminator_dim: int = 64
@@ -62,8 +65,8 @@ class ModelConfig:
         for key in ("naf_dim", "width_multiplier", "discriminator_dim"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.naf_depth < 0 or self.context_slices < 0:
-            raise ValueError("naf_depth and context_slices must be >= 0")
+        if self.naf_depth < 0:
+            raise ValueError(f"naf_depth must be >= 0, got {self.naf_depth}")
         if self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8, got {self.image_size}")
 
@@ -88,8 +91,8 @@ class ModelConfig:
 
     @property
     def input_channels(self) -> int:
-        """Encoder input: every contrast of the slice plus ``2k`` neighbours of each (2.5-D)."""
-        return self.num_contrasts * (1 + 2 * self.context_slices)
+        """Encoder input: every contrast of the slice."""
+        return self.num_contrasts
 
     @property
     def grading_channels(self) -> int:
@@ -111,7 +114,19 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a mapping, refusing unknown keys so a typo never silently falls back to a default."""
+        """Build from a mapping, refusing unknown keys so a typo never silently falls back to a default.
+
+        ``context_slices`` (the removed 2.5-D option, stored in older checkpoints) is accepted and dropped when 0;
+        any other value is refused: the network it describes no longer exists.
+        """
+        data = dict(data)
+        if "context_slices" in data:
+            context_slices = data.pop("context_slices")
+            if context_slices != 0:
+                raise ValueError(
+                    f"context_slices = {context_slices!r}: 2.5-D models are no longer supported; "
+                    "only 2-D models (context_slices = 0 or absent) load. Retrain the model as 2-D."
+                )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -82,22 +82,6 @@ def test_classification_grading_head(tiny_config) -> None:
     assert model.impute(images, available).confidence.shape == (2, 1, 16, 16)
 
 
-def test_context_slices_feed_every_encoder(tiny_config) -> None:
-    cfg = tiny_config(3, context_slices=1)
-    model = CodeBrain(cfg)
-    images, available = _batch(3, 16)
-    context = torch.rand(2, 3, 2, 16, 16)
-    out = model.stage1_forward(images, available, context)
-    assert out["recon"].shape == (2, 3, 16, 16)
-    assert model.prior_logits(images, available, context).shape == (2, 33, 2, 2)
-    imputed = model.impute(images, available, context).images
-    changed = model.impute(images, available, torch.rand_like(context)).images
-    assert not torch.allclose(imputed[~available], changed[~available]), "context must reach the output"
-    with pytest.raises(ValueError, match="context"):
-        model.impute(images, available)
-    assert DirectRegression(cfg).impute(images, available, context).images.shape == (2, 3, 16, 16)
-
-
 def test_bad_inputs_are_refused(tiny_config) -> None:
     model = CodeBrain(tiny_config(4))
     with pytest.raises(ValueError, match="multiples of 8"):

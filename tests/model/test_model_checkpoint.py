@@ -87,3 +87,38 @@ def test_checkpoint_without_config_is_refused(tmp_path: Path) -> None:
     save_file({"weight": torch.zeros(2)}, str(path))
     with pytest.raises(ValueError, match="no CodeBrain model config"):
         load_inference_checkpoint(path)
+
+
+def _with_stored_config(path: Path, out: Path, **changes: object) -> Path:
+    """A copy of checkpoint ``path`` whose stored config JSON has ``changes`` applied (as older trainers wrote)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
+    metadata["codebrain_model_config"] = json.dumps(json.loads(metadata["codebrain_model_config"]) | changes)
+    save_file(tensors, str(out), metadata=metadata)
+    return out
+
+
+def test_checkpoints_stored_before_2_5d_was_removed_load_and_give_the_same_outputs(tiny_config, tmp_path) -> None:
+    """v0.1.0 and every run trained before the removal store ``"context_slices": 0``: same network, same output."""
+    model = _perturbed(CodeBrain(tiny_config(4, confidence=True)))
+    current = save_inference_checkpoint(model, tmp_path / "model.safetensors")
+    old = _with_stored_config(current, tmp_path / "old.safetensors", context_slices=0)
+    assert '"context_slices": 0' in read_checkpoint_metadata(old)["codebrain_model_config"]
+    loaded = load_inference_checkpoint(old)
+    assert loaded.cfg == model.cfg
+    images, available = _inputs(4)
+    expected, got = model.impute(images, available), loaded.impute(images, available)
+    assert torch.equal(expected.images, got.images) and torch.equal(expected.confidence, got.confidence)
+
+
+def test_a_2_5d_checkpoint_is_refused_with_a_clear_error(tiny_config, tmp_path: Path) -> None:
+    current = save_inference_checkpoint(CodeBrain(tiny_config(3)), tmp_path / "model.safetensors")
+    old = _with_stored_config(current, tmp_path / "ctx.safetensors", context_slices=1)
+    with pytest.raises(ValueError, match=r"ctx\.safetensors .*2\.5-D models are no longer supported"):
+        load_inference_checkpoint(old)

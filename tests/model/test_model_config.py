@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,27 @@ def test_aliases_and_top_level_toml(tmp_path: Path) -> None:
 def test_bad_configs_are_refused(values: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ModelConfig.from_dict(values)
+
+
+def test_stored_2d_configs_with_context_slices_zero_still_load(tmp_path: Path) -> None:
+    """Configs written before the 2.5-D option was removed (every checkpoint up to v0.1.0) carry
+    ``"context_slices": 0``: it is accepted and dropped, and the config is the same 2-D model."""
+    cfg = ModelConfig.from_toml(CONFIG_DIR / "brats.toml")
+    stored = cfg.to_dict() | {"context_slices": 0}
+    assert ModelConfig.from_dict(stored) == cfg
+    assert ModelConfig.from_json(json.dumps(stored)) == cfg
+    assert "context_slices" not in cfg.to_dict()
+    path = tmp_path / "old.toml"
+    path.write_text('[model]\ncontrasts = ["T1", "T2"]\nnaf_dim = 4\ncontext_slices = 0\n')
+    assert ModelConfig.from_toml(path) == ModelConfig(contrasts=("T1", "T2"), naf_dim=4, name="old")
+
+
+@pytest.mark.parametrize("context_slices", [1, 2])
+def test_2_5d_configs_are_refused_with_a_clear_error(tmp_path: Path, context_slices: int) -> None:
+    stored = ModelConfig.from_toml(CONFIG_DIR / "brats.toml").to_dict() | {"context_slices": context_slices}
+    with pytest.raises(ValueError, match=r"2\.5-D models are no longer supported"):
+        ModelConfig.from_dict(stored)
+    path = tmp_path / "brats25d.toml"
+    path.write_text(f'[model]\ncontrasts = ["T1", "T2"]\ncontext_slices = {context_slices}\n')
+    with pytest.raises(ValueError, match=r"context_slices = \d: 2\.5-D models are no longer supported"):
+        ModelConfig.from_toml(path)

@@ -29,7 +29,6 @@ class StandInSlices(Dataset):
         subjects: int = 2,
         slices_per_subject: int = 4,
         size: int = 32,
-        context_slices: int = 0,
         seed: int = 0,
         identical: bool = False,
     ) -> None:
@@ -38,7 +37,7 @@ class StandInSlices(Dataset):
         self.mask = (xx**2 + yy**2) < 0.8
         self.items = []
         for subject in range(subjects):
-            anatomy = torch.zeros(slices_per_subject + 2 * context_slices, size, size)
+            anatomy = torch.zeros(slices_per_subject, size, size)
             for index in range(anatomy.shape[0]):
                 for _ in range(4):
                     cx, cy = (torch.rand(2, generator=generator) * 1.2 - 0.6).tolist()
@@ -47,16 +46,12 @@ class StandInSlices(Dataset):
             anatomy = (0.2 + 0.6 * anatomy / anatomy.amax().clamp_min(1e-6)) * self.mask
             volume = torch.stack([(anatomy if identical else CONTRAST_MAPS[c](anatomy)) * self.mask for c in contrasts])
             for index in range(slices_per_subject):
-                centre = index + context_slices
                 item = {
-                    "image": volume[:, centre].float().clone(),
+                    "image": volume[:, index].float().clone(),
                     "brain_mask": self.mask.clone(),
                     "subject": f"sub-{subject:02d}",
                     "slice_index": index,
                 }
-                if context_slices:
-                    neighbours = [centre + o for o in range(-context_slices, context_slices + 1) if o != 0]
-                    item["context"] = volume[:, neighbours].float().clone()
                 self.items.append(item)
 
     def __len__(self) -> int:
@@ -73,9 +68,9 @@ class StandInSplits:
     test: Dataset
 
 
-def make_splits(contrasts: tuple[str, ...], size: int = 32, context_slices: int = 0, identical: bool = False):
+def make_splits(contrasts: tuple[str, ...], size: int = 32, identical: bool = False):
     def part(subjects: int, seed: int) -> StandInSlices:
-        return StandInSlices(contrasts, subjects, 4, size, context_slices, seed, identical)
+        return StandInSlices(contrasts, subjects, 4, size, seed, identical)
 
     return StandInSplits(train=part(2, 1), val=part(1, 2), test=part(1, 3))
 

@@ -82,7 +82,7 @@ def test_ssim_and_psnr_agree_with_scikit_image():
 class Oracle:
     name: str = "oracle"
 
-    def predict(self, images, available, context, brain_mask):  # [S, N, H, W], [S, P, N] → [S, P, N, H, W]
+    def predict(self, images, available, brain_mask):  # [S, N, H, W], [S, P, N] → [S, P, N, H, W]
         return images.unsqueeze(1).expand(-1, available.shape[1], -1, -1, -1).clone()
 
 
@@ -90,7 +90,7 @@ class Oracle:
 class Blank:
     name: str = "blank"
 
-    def predict(self, images, available, context, brain_mask):
+    def predict(self, images, available, brain_mask):
         return torch.where(available[..., None, None], images.unsqueeze(1), torch.zeros(()))
 
 
@@ -178,13 +178,13 @@ def test_batched_methods_give_what_one_pattern_at_a_time_gave():
     batch = [splits.test[i] for i in range(3)]
     images, mask = torch.stack([b["image"] for b in batch]), torch.stack([b["brain_mask"] for b in batch])
     available = _patterns_of(3, len(batch))
-    served = ImputerMethod(model, "CodeBrain").predict(images, available, None, mask)
+    served = ImputerMethod(model, "CodeBrain").predict(images, available, mask)
     posterior = PosteriorCodeMethod(model)
-    ceiling = posterior.predict(images, available, None, mask)
+    ceiling = posterior.predict(images, available, mask)
     assert served.shape == ceiling.shape == (3, 6, 3, 32, 32)
     in_passes_of_4 = ImputerMethod(model, "CodeBrain", batch_size=4), PosteriorCodeMethod(model, batch_size=4)
     for whole, method in zip((served, ceiling), in_passes_of_4, strict=True):
-        assert torch.allclose(method.predict(images, available, None, mask), whole, atol=1e-5)
+        assert torch.allclose(method.predict(images, available, mask), whole, atol=1e-5)
     with torch.inference_mode():  # Stage I reconstruction PSNR: the posterior path given the complete set
         complete = model.stage1_forward(images, torch.ones(3, 3, dtype=torch.bool))["recon"].float().clamp(0, 1)
     expected_psnr = torch.stack([psnr(complete[:, c], images[:, c]) for c in range(3)], dim=1).mean(dim=1)

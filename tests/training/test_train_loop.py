@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -97,22 +96,3 @@ def test_gpus_relaunch_arguments_round_trip(tmp_path):
     from training.train import main  # noqa: F401 - the module torchrun runs must import cleanly
 
     assert argv[:2] == ["--stage", "2"] and "--resume" in argv and argv[argv.index("--from") + 1] == "s1"
-
-
-def test_two_and_a_half_d_models_train_and_evaluate_with_neighbouring_slices(tmp_path):
-    """context_slices = 1: neighbours flow through augmentation, both stages and the evaluation harness."""
-    from standin_data import make_splits, tiny_model_config
-
-    from training.evaluate import ImputerMethod, PosteriorCodeMethod, score_methods
-
-    cfg = tiny_model_config(context_slices=1)
-    splits = make_splits(cfg.contrasts, context_slices=1)
-    assert splits.train[0]["context"].shape == (3, 2, 32, 32)
-    config = write_train_toml(tmp_path / "ctx.toml", steps=2, gan_start=1)
-    train(1, config, None, tmp_path / "s1", model_config=cfg, datasets=splits)
-    result = train(2, config, None, tmp_path / "s2", from_run=tmp_path / "s1", datasets=splits)
-    model = result.model
-    scores = score_methods(
-        [ImputerMethod(model, "CodeBrain"), PosteriorCodeMethod(model)], splits.test, cfg.contrasts, batch_size=4
-    )
-    assert len(scores.rows) == 2 * 9 and all(math.isfinite(r["psnr"]) for r in scores.rows)

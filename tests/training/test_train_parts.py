@@ -44,18 +44,16 @@ def test_augmentation_moves_every_contrast_and_the_mask_together():
     base[:, 4:14, 6:20] = 1.0  # an off-centre block, so flips and rotations are visible
     images = base.unsqueeze(1).repeat(1, 3, 1, 1)
     mask = base > 0.5
-    context = base.view(4, 1, 1, 32, 32).repeat(1, 3, 2, 1, 1)
     cfg = AugmentConfig(flip=True, rot90=True, affine=False)
-    out, out_mask, out_context = augment_batch(images, mask, context, cfg, torch.Generator().manual_seed(1))
+    out, out_mask = augment_batch(images, mask, cfg, torch.Generator().manual_seed(1))
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])
     assert torch.equal(out_mask, out[:, 0] > 0.5)
-    assert torch.equal(out_context[:, :, 0], out) and torch.equal(out_context[:, :, 1], out)
     assert not torch.equal(out, images)  # something moved
     affine = AugmentConfig(flip=False, rot90=False, affine=True, affine_probability=1.0)
-    warped, warped_mask, _ = augment_batch(images, mask, None, affine, torch.Generator().manual_seed(2))
+    warped, warped_mask = augment_batch(images, mask, affine, torch.Generator().manual_seed(2))
     assert torch.allclose(warped[:, 0], warped[:, 2]) and not torch.allclose(warped, images)
     assert warped_mask.shape == mask.shape
-    again, _, _ = augment_batch(images, mask, None, affine, torch.Generator().manual_seed(2))
+    again, _ = augment_batch(images, mask, affine, torch.Generator().manual_seed(2))
     assert torch.equal(again, warped)  # a function of the generator only: what makes --resume exact
 
 
@@ -70,7 +68,7 @@ def test_train_config_stage_tables_override_and_typos_are_refused(tmp_path):
         TrainConfig.from_toml(path)
 
 
-@pytest.mark.parametrize("name", ["tiny", "default", "cpu_brats", "cpu_ablation", "cpu_real"])
+@pytest.mark.parametrize("name", ["tiny", "default", "cpu_brats", "cpu_real"])
 def test_shipped_train_configs_parse(name):
     from codebrain_node.resources import config_file
 
@@ -90,9 +88,7 @@ def test_random_crop_keeps_contrasts_aligned_and_prefers_brain() -> None:
     images = base.repeat(3, 2, 1, 1)  # two identical contrasts per sample
     mask = torch.zeros(3, 64, 64, dtype=torch.bool)
     mask[:, 40:56, 8:24] = True  # the only brain pixels
-    context = images.unsqueeze(2).repeat(1, 1, 2, 1, 1)  # 2.5-D: each contrast's two neighbours, here equal to it
-    out, out_mask, out_context = augment_batch(images, mask, context, cfg, torch.Generator().manual_seed(0))
-    assert out.shape == (3, 2, 16, 16) and out_mask.shape == (3, 16, 16) and out_context.shape == (3, 2, 2, 16, 16)
-    assert torch.equal(out[:, 0], out[:, 1])
-    assert torch.equal(out_context[:, :, 0], out) and torch.equal(out_context[:, :, 1], out)  # cropped alike
+    out, out_mask = augment_batch(images, mask, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == (3, 2, 16, 16) and out_mask.shape == (3, 16, 16)
+    assert torch.equal(out[:, 0], out[:, 1])  # cropped alike
     assert bool(out_mask.any(dim=(1, 2)).all()), "every crop should contain brain"
