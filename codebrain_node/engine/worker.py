@@ -75,7 +75,10 @@ def load_inputs(session: Session, job: Job, data_dir: Path) -> tuple[dict[Contra
     """Read every input series of ``job`` from the spool: the usable ones, and why the others were left out.
 
     A series that cannot be one volume (:class:`UnusableSeriesError`) is left out and the job goes on with the
-    rest, as a radiologist would rather have a result from the good series; with none left the job fails.
+    rest, as a radiologist would rather have a result from the good series; with none left the job fails. So is
+    one whose files cannot be read for what they hold (a slice the receiver could not check: a garbled position
+    in a deflated instance, no pixel data): the same files fail the same way, so retrying cannot help. Only an
+    OSError (a shared folder away for a moment) or running out of memory fails the attempt, to be retried.
     """
     inputs: dict[Contrast, DicomSeries] = {}
     skipped: list[str] = []
@@ -85,6 +88,12 @@ def load_inputs(session: Session, job: Job, data_dir: Path) -> tuple[dict[Contra
             loaded = read_dicom_series([instance.file_in(data_dir) for instance in series.instances])
         except UnusableSeriesError as error:
             skipped.append(f"{name} series #{series.series_number}: {error}")
+            continue
+        except (OSError, MemoryError):
+            raise
+        except Exception as error:  # what the files hold, not the moment: the series is left out, never retried
+            reason = f"unreadable ({type(error).__name__}: {str(error)[:200]})"
+            skipped.append(f"{name} series #{series.series_number}: {reason}")
             continue
         if loaded.missing_slices:
             log.warning(

@@ -14,6 +14,7 @@ from the C-STORE request, does not match its SOP class (0xA900).
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import threading
@@ -203,6 +204,123 @@ def incomplete_reason(dataset: bytes, transfer_syntax_uid: str) -> str | None:
         return str(truncated)
     except _Unwalkable:
         return None
+    return None
+
+
+_SEQUENCE_DELIMITER, _ITEM, _ITEM_DELIMITER = 0xFFFEE0DD, 0xFFFEE000, 0xFFFEE00D
+#: How deep nested sequences may go before the check gives up (and leaves the instance to the engine).
+_MAX_NESTING = 32
+
+
+def _past_sequence(dataset: bytes, position: int, explicit: bool) -> int:
+    """The offset just past the delimiter of the undefined-length sequence whose value starts at ``position``
+    (PS3.5 7.5): items and nested sequences walked by their headers, nothing decoded. Raises :class:`_Truncated`
+    or :class:`_Unwalkable` (not a sequence, or nested deeper than ``_MAX_NESTING``)."""
+    end, inside = len(dataset), ["sequence"]
+    while inside:
+        if position + 8 > end:
+            raise _Truncated("dataset ends inside a sequence")
+        group, element = _TAG.unpack_from(dataset, position)
+        tag = (group << 16) | element
+        if inside[-1] == "sequence":
+            (length,) = _LONG.unpack_from(dataset, position + 4)
+            position += 8
+            if tag == _SEQUENCE_DELIMITER:
+                inside.pop()
+            elif tag != _ITEM:
+                raise _Unwalkable
+            elif length == UNDEFINED_LENGTH:
+                inside.append("item")
+            else:
+                position += length
+            continue
+        if tag == _ITEM_DELIMITER:
+            position += 8
+            inside.pop()
+            continue
+        start, length = _element_header(dataset, position, explicit)
+        if length == UNDEFINED_LENGTH:
+            if len(inside) >= 2 * _MAX_NESTING:
+                raise _Unwalkable
+            inside.append("sequence")
+            position = start
+        else:
+            position = start + length
+    return position
+
+
+def _element_header(dataset: bytes, position: int, explicit: bool) -> tuple[int, int]:
+    """``(value start, value length)`` of the element whose header is at ``position``."""
+    if position + 8 > len(dataset):
+        raise _Truncated("dataset ends inside an element header")
+    if not explicit:
+        return position + 8, _LONG.unpack_from(dataset, position + 4)[0]
+    vr = dataset[position + 4 : position + 6]
+    if not _VR.match(vr):
+        raise _Unwalkable
+    if vr in _LONG_VRS:
+        if position + 12 > len(dataset):
+            raise _Truncated("dataset ends inside an element header")
+        return position + 12, _LONG.unpack_from(dataset, position + 8)[0]
+    return position + 8, _SHORT.unpack_from(dataset, position + 6)[0]
+
+
+def _numbers(value: bytes, count: int) -> bool:
+    """Whether a DS value holds ``count`` finite numbers (what the engine places a slice with)."""
+    parts = value.decode("ascii", "replace").strip(" \0").split("\\")
+    try:
+        return len(parts) == count and all(math.isfinite(float(part)) for part in parts)
+    except ValueError:
+        return False
+
+
+_IMAGE_POSITION, _IMAGE_ORIENTATION, _BITS_ALLOCATED = 0x00200032, 0x00200037, 0x00280100
+
+
+def unusable_reason(dataset: bytes, transfer_syntax_uid: str) -> tuple[int, str] | None:
+    """Why an image the engine could never use is refused at receipt, with the status to answer, or None.
+
+    One walk over the top-level element headers (undefined-length sequences stepped over by their delimiters,
+    nothing decoded): native pixel data of undefined length cannot be understood (0xC000, PS3.5 A.4 allows it
+    only encapsulated); no Pixel Data, Bits Allocated other than 8, 16 or 32, or an Image Position / Orientation
+    (Patient) that is not three / six numbers does not match the SOP class (0xA900). A syntax it does not walk
+    (deflate, big endian), a walk it cannot finish, or geometry absent rather than garbled refuses nothing: the
+    engine then leaves such a series out with the reason.
+    """
+    if not _walkable(transfer_syntax_uid):
+        return None
+    explicit = transfer_syntax_uid != ImplicitVRLittleEndian
+    native = not _is_compressed_le(transfer_syntax_uid)
+    seen: dict[int, bytes] = {}
+    position, end = 0, len(dataset)
+    try:
+        while position < end:
+            start, length = _element_header(dataset, position, explicit)
+            group, element = _TAG.unpack_from(dataset, position)
+            tag = (group << 16) | element
+            if tag == _PIXEL_DATA:
+                if length == UNDEFINED_LENGTH and native:
+                    return CANNOT_UNDERSTAND, "native pixel data of undefined length"
+                seen[tag] = b""
+                break  # nothing after the pixel data matters here
+            if length == UNDEFINED_LENGTH:
+                seen.setdefault(tag, b"")
+                position = _past_sequence(dataset, start, explicit)
+                continue
+            if tag in (_IMAGE_POSITION, _IMAGE_ORIENTATION, _BITS_ALLOCATED):
+                seen[tag] = dataset[start : start + length]
+            position = start + length
+    except (_Truncated, _Unwalkable):
+        return None  # incomplete_reason answers truncation; an unwalkable dataset is pydicom's and the engine's
+    bits = seen.get(_BITS_ALLOCATED)
+    if bits is not None and len(bits) == 2 and _SHORT.unpack(bits)[0] not in (8, 16, 32):
+        return DATASET_DOES_NOT_MATCH_SOP_CLASS, f"Bits Allocated {_SHORT.unpack(bits)[0]} is not 8, 16 or 32"
+    if _PIXEL_DATA not in seen:
+        return DATASET_DOES_NOT_MATCH_SOP_CLASS, "no Pixel Data"
+    for tag, name, count in ((_IMAGE_POSITION, "Position", 3), (_IMAGE_ORIENTATION, "Orientation", 6)):
+        value = seen.get(tag)
+        if value is not None and not _numbers(value, count):
+            return DATASET_DOES_NOT_MATCH_SOP_CLASS, f"Image {name} (Patient) is not {count} numbers"
     return None
 
 

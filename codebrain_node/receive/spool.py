@@ -37,6 +37,7 @@ from codebrain_node.receive.header import (
     integer,
     read_dataset_header,
     read_file_header,
+    unusable_reason,
 )
 
 __all__ = ["CANNOT_UNDERSTAND", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "OUT_OF_RESOURCES", "SUCCESS", "HeaderError"]
@@ -205,6 +206,11 @@ class Spool:
         if incomplete is not None:
             log.warning("store failed 0xC000: %s (sop=%s, from %s)", incomplete, sop_instance_uid, calling_ae_title)
             return StoreOutcome(CANNOT_UNDERSTAND)
+        unusable = unusable_reason(dataset, transfer_syntax_uid)
+        if unusable is not None:  # acknowledged, it would fail its whole study later, when its pixels are read
+            status, reason = unusable
+            log.warning("store failed 0x%04X: %s (sop=%s, from %s)", status, reason, sop_instance_uid, calling_ae_title)
+            return StoreOutcome(status)
         if instance.sop_instance_uid != sop_instance_uid or instance.sop_class_uid != sop_class_uid:
             log.warning(
                 "store failed 0xA900: dataset UIDs differ from the C-STORE request (sop=%s, from %s)",

@@ -16,7 +16,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import MRImageStorage
+from pynetdicom.sop_class import MRImageStorage, Verification
 from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
@@ -71,6 +71,7 @@ def associate(port: int, calling: str = CALLER):  # type: ignore[no-untyped-def]
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     ae.add_requested_context(MRImageStorage, [EXPLICIT])
+    ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title="CODEBRAIN")
     assert assoc.is_established
     return assoc
