@@ -1,7 +1,11 @@
-"""Turn a Stage II run into the shipped inference checkpoint: fp16 weights, confidence output on, name/version in
-the metadata, and its digest in weights/SHA256SUMS (checked at every load).
+"""Turn a Stage II run into the shipped inference checkpoint: fp16 weights, name/version in the metadata, and its
+digest in weights/SHA256SUMS (checked at every load).
 
-    python training/recipes/ship_weights.py RUN_DIR NAME VERSION
+    python training/recipes/ship_weights.py RUN_DIR NAME VERSION [--no-confidence]
+
+The confidence output is on unless ``--no-confidence``: a model whose least confident fifth of pixels does not
+carry clearly larger errors than its most confident fifth on held-out cases (``evaluate``'s confidence table)
+ships without it, so the review page never shows a map that does not mean what it says.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ from codebrain_node.engine.weights import CHECKSUMS, WEIGHTS_DIR
 from codebrain_node.model import CodeBrain, load_inference_checkpoint, save_inference_checkpoint, sha256_of
 
 
-def ship(run_dir: Path, name: str, version: str) -> Path:
+def ship(run_dir: Path, name: str, version: str, confidence: bool = True) -> Path:
     trained = load_inference_checkpoint(run_dir / "model.safetensors")
     # The confidence map only reads the prior's grading probabilities: same weights, one more output.
-    cfg = dataclasses.replace(trained.cfg, confidence=True, name=name)
+    cfg = dataclasses.replace(trained.cfg, confidence=confidence, name=name)
     model = CodeBrain(cfg)
     model.load_state_dict(trained.state_dict())
     target = WEIGHTS_DIR / f"codebrain-{name}.safetensors"
@@ -30,4 +34,5 @@ def ship(run_dir: Path, name: str, version: str) -> Path:
 
 
 if __name__ == "__main__":
-    print(ship(Path(sys.argv[1]), sys.argv[2], sys.argv[3]))
+    arguments = [a for a in sys.argv[1:] if a != "--no-confidence"]
+    print(ship(Path(arguments[0]), arguments[1], arguments[2], confidence="--no-confidence" not in sys.argv))
