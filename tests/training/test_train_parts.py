@@ -68,7 +68,17 @@ def test_train_config_stage_tables_override_and_typos_are_refused(tmp_path):
         TrainConfig.from_toml(path)
 
 
-@pytest.mark.parametrize("name", ["tiny", "default", "cpu_brats", "cpu_real"])
+def _shipped_train_configs() -> list[str]:
+    from codebrain_node.resources import config_file
+
+    return sorted(path.stem for path in config_file("train", "default.toml").parent.glob("*.toml"))
+
+
+def test_the_shipped_train_configs_include_the_recipes_of_the_weights() -> None:
+    assert {"tiny", "default", "cpu_brats", "cpu_real", "cpu_real_1h", "cpu_real_2h"} <= set(_shipped_train_configs())
+
+
+@pytest.mark.parametrize("name", _shipped_train_configs())
 def test_shipped_train_configs_parse(name):
     from codebrain_node.resources import config_file
 
