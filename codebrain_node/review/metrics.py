@@ -1,50 +1,26 @@
-"""Prometheus metrics: study, job and export counts read from the database at scrape time, plus web requests.
+"""Prometheus metrics: study, job and export counts read from the database at scrape time, web requests, and the
+node's own counters of this process (ingest, jobs, exports: ``codebrain_node/metrics.py``).
 
 The counts come from a collector that queries on each scrape (so several processes sharing one database agree),
-and each app has its own registry (so tests and several apps in one process do not collide).
+and each app has its own registry for its web metrics (so tests and several apps in one process do not collide).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from codebrain_node.db.models import Export, ExportStatus, Job, JobStatus, Study, StudyState
-
-
-class DatabaseCollector(Collector):
-    """``codebrain_studies{state}``, ``codebrain_jobs{status}``, ``codebrain_exports{status}``: rows by state now."""
-
-    def __init__(self, factory: sessionmaker[Session]) -> None:
-        self._factory = factory
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        tables = (
-            ("codebrain_studies", "Studies by lifecycle state.", Study.state, StudyState, "state"),
-            ("codebrain_jobs", "Imputation jobs by status.", Job.status, JobStatus, "status"),
-            ("codebrain_exports", "Series deliveries by status.", Export.status, ExportStatus, "status"),
-        )
-        with self._factory() as session:
-            for name, documentation, column, enum, label in tables:
-                rows = session.execute(select(column, func.count()).group_by(column))
-                counts = {str(value): count for value, count in rows}
-                family = GaugeMetricFamily(name, documentation, labels=[label])
-                for member in enum:
-                    family.add_metric([member.value], counts.get(member.value, 0))
-                yield family
+from codebrain_node.db.metrics import DatabaseCollector
+from codebrain_node.metrics import ProcessMetrics
 
 
 class ReviewMetrics:
-    """One registry per app: database counts, requests, request durations and review actions."""
+    """One registry per app: database counts, this process's node metrics, requests, durations, review actions."""
 
     def __init__(self, factory: sessionmaker[Session]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(DatabaseCollector(factory))
+        self.registry.register(ProcessMetrics())
         self.requests = Counter(
             "codebrain_review_requests",
             "Review web requests by method, route and status code.",
