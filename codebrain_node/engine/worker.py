@@ -32,6 +32,7 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from codebrain_node import metrics
 from codebrain_node.config import Settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.db import jobs
@@ -341,6 +342,7 @@ class Engine:
             log.exception("job %s: could not record its result", job_id)
             self._fail(job_id, f"recording failed: {type(error).__name__}: {error}")
             return True
+        metrics.observe_job_timings(result.timings)
         log.info(
             "job %s done: %s in %.1f s",
             job_id,
@@ -375,6 +377,7 @@ class Engine:
         late series may be what it lacked)."""
         with transaction(self.factory) as session:
             status = jobs.fail_job(session, job_id, error, worker_id=self.name, permanent=permanent)
+            metrics.JOB_FAILURES.labels(JobStatus(status).value).inc()
             job = session.get(Job, job_id)
             if status is JobStatus.FAILED and job is not None and acquired_since(session, job.study, job.created_at):
                 reopen_if_settled(session, job.study, actor=f"engine:{self.name}")

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from codebrain_node import metrics
 from codebrain_node.config import Settings
 from codebrain_node.db.lifecycle import audit, transition
 from codebrain_node.db.models import (
@@ -313,7 +314,9 @@ def _settle(factory: sessionmaker[Session], export_id: int, error: str | None, s
         series_uid = export.series.series_instance_uid
         study = export.series.study
         what = "rejection note for series" if export.kind == ExportKind.REJECTION_NOTE else "series"
+        kind = ExportKind(export.kind).value
         if error is None:
+            metrics.EXPORT_ATTEMPTS.labels(export.destination, kind, "sent").inc()
             export.status = ExportStatus.SENT
             export.sent_at = now()
             export.last_error = None
@@ -324,6 +327,7 @@ def _settle(factory: sessionmaker[Session], export_id: int, error: str | None, s
         export.last_error = error[:2000]
         if export.attempts >= settings.export.max_attempts:
             export.status = ExportStatus.DEAD_LETTER
+            metrics.EXPORT_ATTEMPTS.labels(export.destination, kind, "dead_letter").inc()
             log.error("export %s %s=%s → %s dead-lettered: %s", export.id, what, series_uid, export.destination, error)
             audit(
                 session,
@@ -335,6 +339,7 @@ def _settle(factory: sessionmaker[Session], export_id: int, error: str | None, s
                 attempts=export.attempts,
             )
             return
+        metrics.EXPORT_ATTEMPTS.labels(export.destination, kind, "retry").inc()
         delay = backoff_s(export.attempts, settings.export.backoff_initial_s, settings.export.backoff_max_s)
         export.next_attempt_at = now() + timedelta(seconds=delay)
         log.warning(

@@ -42,6 +42,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from codebrain_node import metrics
 from codebrain_node.config import DicomSettings
 from codebrain_node.db.associations import ABORTED, CONNECTION_CLOSED, RECEIVER_STOPPED, RELEASED, receiver_identity
 from codebrain_node.receive.associations import (
@@ -158,6 +159,7 @@ class Receiver:
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_limit_rejected),
             (evt.EVT_RELEASED, self._on_ended, [RELEASED]),
             (evt.EVT_ABORTED, self._on_ended, [ABORTED]),
             (evt.EVT_CONN_CLOSE, self._on_ended, [CONNECTION_CLOSED]),
@@ -209,10 +211,15 @@ class Receiver:
             return
         with self._stats_lock:
             self.stats.rejected_associations += 1
+        metrics.ASSOCIATIONS_REJECTED.labels(reason).inc()
         log.warning("association from %s at %s rejected: %s", calling, host, reason)
         event.assoc.acse.send_reject(*rejection)
         # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is out before the socket closes.
         event.assoc.kill()
+
+    def _on_limit_rejected(self, event: Event) -> None:
+        """pynetdicom's own rejection (ours, above, do not raise this event): more than max_associations at once."""
+        metrics.ASSOCIATIONS_REJECTED.labels("more than dicom.max_associations at once").inc()
 
     def _on_accepted(self, event: Event) -> None:
         """A-ASSOCIATE-AC is out: from now on this peer may deliver instances of any study."""
@@ -239,6 +246,10 @@ class Receiver:
             self._tell(AssociationEnded(key, reason))
 
     def _tell(self, event: AssociationEvent) -> None:
+        if isinstance(event, AssociationEnded):
+            metrics.ASSOCIATIONS_ENDED.labels(event.reason).inc()
+        else:
+            metrics.ASSOCIATIONS_OPENED.inc()
         if self.on_association is not None:
             self.on_association(event)
 
@@ -265,6 +276,7 @@ class Receiver:
             log.exception("store failed 0xC000: unexpected error (sop=%s)", request.AffectedSOPInstanceUID)
             with self._stats_lock:
                 self.stats.failed += 1
+            metrics.count_store(CANNOT_UNDERSTAND)
             return CANNOT_UNDERSTAND
         with self._stats_lock:
             if outcome.instance is not None:
@@ -273,6 +285,8 @@ class Receiver:
                 self.stats.duplicates += 1
             elif outcome.status != 0:
                 self.stats.failed += 1
+        stored_bytes = outcome.instance.size_bytes if outcome.instance is not None else None
+        metrics.count_store(outcome.status, stored_bytes, outcome.duplicate)
         if outcome.instance is not None:
             self.on_stored(replace(outcome.instance, association_key=self._key_of(event.assoc)))
         return outcome.status
