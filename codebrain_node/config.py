@@ -80,6 +80,18 @@ class DicomSettings(_Section):
     dimse_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     network_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     min_free_disk_mb: Annotated[int, Field(ge=0)] = 2048
+    #: DICOM TLS (PS3.15 Annex B.9, ``codebrain_node/tls.py``): ``off``; ``both``, plain on ``port`` and TLS on
+    #: ``tls_port``; ``only``, TLS on ``tls_port`` and no plain port at all.
+    tls: Literal["off", "both", "only"] = "off"
+    #: 2762 is IANA's dicom-tls port; 0 picks any free port.
+    tls_port: Annotated[int, Field(ge=0, le=65535)] = 2762
+    #: PEM certificate the receiver presents (leaf first, then intermediates) and its PEM private key.
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    #: Passphrase of an encrypted private key (masked by ``config show``).
+    tls_private_key_password: SecretStr = SecretStr("")
+    #: PEM CA certificates: when set, a TLS client must present a certificate signed by one of them, or is refused.
+    tls_client_ca: Path | None = None
 
     @field_validator("allowed_callers")
     @classmethod
@@ -88,6 +100,18 @@ class DicomSettings(_Section):
             if not 0 < len(title.strip()) <= 16:
                 raise ValueError(f"AE title {title!r} must have 1 to 16 characters")
         return [title.strip() for title in value]
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> DicomSettings:
+        """TLS needs a certificate and key; two listeners need two ports. (The files are read at start.)"""
+        if self.tls == "off":
+            return self
+        missing = [name for name in ("tls_certificate", "tls_private_key") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"tls = {self.tls!r} needs {' and '.join(missing)}")
+        if self.tls == "both" and self.port == self.tls_port != 0:
+            raise ValueError(f"tls = 'both' needs tls_port other than port ({self.port})")
+        return self
 
 
 class RoutingSettings(_Section):
@@ -137,6 +161,26 @@ class DicomDestinationSettings(DestinationSettingsBase):
     ae_title: AETitle
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)]
+    #: DICOM TLS to this peer (PS3.15 Annex B.9): its certificate must chain to ``tls_ca_certificates`` (PEM;
+    #: empty: the system's trust store) and name ``host`` (or ``tls_server_name``).
+    tls: bool = False
+    tls_ca_certificates: Path | None = None
+    #: The name its certificate must carry (DNS name or IP address), when ``host`` is not it.
+    tls_server_name: str = ""
+    #: Our PEM certificate and private key, for a peer that asks for a client certificate.
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_private_key_password: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> DicomDestinationSettings:
+        """TLS keys without ``tls = true`` would be ignored silently: refuse them; a certificate needs its key."""
+        given = [name for name in self.model_fields_set if name.startswith("tls_")]
+        if not self.tls and given:
+            raise ValueError(f"{', '.join(sorted(given))} set but tls is false")
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("tls_certificate and tls_private_key go together")
+        return self
 
 
 class FolderDestinationSettings(DestinationSettingsBase):
@@ -247,6 +291,15 @@ class ReviewSettings(_Section):
         return value
 
 
+class MetricsSettings(_Section):
+    """The Prometheus endpoint of ``serve`` and ``worker`` (off by default: it opens a port of its own)."""
+
+    enabled: bool = False
+    bind_address: str = "0.0.0.0"
+    #: ``serve`` listens here; the engine worker processes it starts on the next ports (port + 1, + 2, ...).
+    port: Annotated[int, Field(ge=0, le=65535)] = 9110
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -263,6 +316,7 @@ class Settings(_Section):
     model: ModelSettings = Field(default_factory=ModelSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     #: Where each dotted key's value came from ("default", "file <path>", "env NAME"); filled by load_settings.

@@ -6,16 +6,22 @@
 Engine workers run as separate processes (``codebrain-node worker``) so a model run never stalls the receiver;
 tests and ``demo`` may run them as threads. Every piece of state is in the database and the spool, so a restart
 (even after SIGKILL) resumes every unfinished study, job and export.
+
+With ``metrics.enabled``, ``serve`` exposes Prometheus metrics on ``metrics.port`` (its receiver, exporter and
+thread engines, plus the rows by state read from the database) and each worker process it starts exposes its own
+on the next port (``port + 1 + index``, the same index after a restart, so a scrape target keeps its series).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -24,10 +30,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
 from codebrain_node.db import jobs
+from codebrain_node.db.metrics import DatabaseCollector
 from codebrain_node.db.session import make_engine, session_factory, transaction, upgrade
 from codebrain_node.engine.weights import LoadedModel, model_contrasts
 from codebrain_node.engine.worker import Engine, worker_name
 from codebrain_node.export.dispatch import run_due_exports
+from codebrain_node.metrics import MetricsServer, start_metrics_server
 from codebrain_node.receive.service import ReceiveService, start_receive_service
 from codebrain_node.route.stable import make_scheduler
 
@@ -59,6 +67,7 @@ class Node:
         self.receive: ReceiveService | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.review = None
+        self.metrics: MetricsServer | None = None
         self._threads: list[threading.Thread] = []
         self._workers: list[subprocess.Popen[bytes]] = []
         self._supervisor: threading.Thread | None = None
@@ -72,6 +81,9 @@ class Node:
     def start(self) -> Node:
         """Migrate, then start each stage; the receiver last (it first files what the spool holds unrecorded)."""
         upgrade(self.db)
+        if self.settings.metrics.enabled:
+            metrics = self.settings.metrics
+            self.metrics = start_metrics_server(metrics.bind_address, metrics.port, [DatabaseCollector(self.factory)])
         contrasts = self.model.contrasts if self.model else model_contrasts(self.settings.model.weights)
         self.scheduler = make_scheduler(self.factory, self.settings, list(contrasts))
         self.scheduler.add_job(
@@ -107,15 +119,15 @@ class Node:
                 thread.start()
                 self._threads.append(thread)
         elif self.engine_mode == "process":
-            self._workers = [self._spawn_worker() for _ in range(count)]
+            self._workers = [self._spawn_worker(index) for index in range(count)]
             self._supervisor = threading.Thread(target=self._supervise, name="engine-supervisor", daemon=True)
             self._supervisor.start()
 
-    def _spawn_worker(self) -> subprocess.Popen[bytes]:
+    def _spawn_worker(self, index: int) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "codebrain_node"]
         if self.config_file:
             command += ["--config", str(self.config_file)]
-        return subprocess.Popen([*command, "worker"])
+        return subprocess.Popen([*command, "worker"], env=worker_environment(self.settings, index, os.environ))
 
     def _supervise(self) -> None:
         """Restart a worker process that died (with a pause, so a crash loop does not spin)."""
@@ -124,7 +136,7 @@ class Node:
                 if process.poll() is not None and not self.stop_event.is_set():
                     log.warning("engine worker exited with %s; restarting it", process.returncode)
                     time.sleep(2.0)
-                    self._workers[index] = self._spawn_worker()
+                    self._workers[index] = self._spawn_worker(index)
 
     def stop(self) -> None:
         """Stop accepting, let the recorder file what arrived, stop the workers and the scheduler."""
@@ -144,8 +156,20 @@ class Node:
             thread.join(timeout=60)
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.db.dispose()
         log.info("node stopped")
+
+
+def worker_environment(settings: Settings, index: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of ``serve``'s worker process ``index``: its own metrics port (``metrics.port + 1 + index``;
+    0 stays 0, any free port), given as the setting's variable so the worker reads it like any other setting."""
+    env = dict(environ)
+    if settings.metrics.enabled:
+        port = settings.metrics.port
+        env["CODEBRAIN_METRICS__PORT"] = str(port + 1 + index if port else 0)
+    return env
 
 
 def run_until_signal(node: Node) -> None:
@@ -171,4 +195,10 @@ def run_worker(settings: Settings) -> None:
     factory = session_factory(db)
     with transaction(factory) as session:  # a predecessor on this host killed mid-job: retry it now, not at lease end
         jobs.requeue_orphaned_jobs(session)
-    Engine(settings, factory).run(stop)
+    metrics = settings.metrics
+    server = start_metrics_server(metrics.bind_address, metrics.port) if metrics.enabled else None
+    try:
+        Engine(settings, factory).run(stop)
+    finally:
+        if server is not None:
+            server.stop()
