@@ -29,11 +29,16 @@ def serve(ctx: typer.Context) -> None:
 
 
 @app.command("worker")
-def worker(ctx: typer.Context) -> None:
+def worker(
+    ctx: typer.Context,
+    parent_pid: Annotated[
+        int | None, typer.Option(help="Exit when this process (serve, which passes its own) is no longer the parent.")
+    ] = None,
+) -> None:
     """Run engine workers only: claim jobs from the shared queue (extra machines on PostgreSQL)."""
     from codebrain_node.node.serve import run_worker
 
-    run_worker(app_state(ctx).settings)
+    run_worker(app_state(ctx).settings, parent_pid=parent_pid)
 
 
 @app.command("impute")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -127,7 +127,9 @@ class Node:
         command = [sys.executable, "-m", "codebrain_node"]
         if self.config_file:
             command += ["--config", str(self.config_file)]
-        return subprocess.Popen([*command, "worker"], env=worker_environment(self.settings, index, os.environ))
+        # --parent-pid: the worker watches for this process's death and stops with it (no orphans under PID 1)
+        worker = ["worker", "--parent-pid", str(os.getpid())]
+        return subprocess.Popen([*command, *worker], env=worker_environment(self.settings, index, os.environ))
 
     def _supervise(self) -> None:
         """Restart a worker process that died (with a pause, so a crash loop does not spin)."""
@@ -185,8 +187,47 @@ def run_until_signal(node: Node) -> None:
         node.stop()
 
 
-def run_worker(settings: Settings) -> None:
-    """``codebrain-node worker``: engine loops only (for ``serve``'s children and for extra machines)."""
+#: How often a worker started by ``serve`` checks that ``serve`` is still its parent.
+PARENT_POLL_S = 1.0
+
+
+def watch_parent(
+    parent_pid: int, on_orphaned: Callable[[], None], interval_s: float = PARENT_POLL_S
+) -> threading.Thread:
+    """Call ``on_orphaned`` once ``parent_pid`` is no longer this process's parent (it died: the process was
+    re-parented to PID 1 or a subreaper), checking every ``interval_s`` on a daemon thread.
+
+    A thread polling :func:`os.getppid` rather than ``prctl(PR_SET_DEATHSIG)``: the death signal fires when the
+    *thread* that started the child ends (``serve``'s supervisor thread restarts workers), is Linux only, and is
+    lost on an exec of a set-user-ID program; the poll works however the worker was started (exec, fork or a
+    ``spawn`` start method) on any POSIX system. A parent that died before the thread started is caught by the
+    first check, at once."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        on_orphaned()
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _exit_orphaned(parent_pid: int) -> None:
+    """``serve`` is gone (killed with SIGKILL, say): end now, mid-job or not. The job stays RUNNING under this
+    worker's id; the next ``serve`` on this host finds the process dead and requeues it at once
+    (:func:`~codebrain_node.db.jobs.requeue_orphaned_jobs`), and the retry clears what this attempt half-wrote."""
+    log.warning("serve (pid %d) is gone: engine worker %d stops with it", parent_pid, os.getpid())
+    logging.shutdown()
+    os._exit(70)
+
+
+def run_worker(settings: Settings, parent_pid: int | None = None) -> None:
+    """``codebrain-node worker``: engine loops only (for ``serve``'s children and for extra machines).
+
+    ``parent_pid`` (``serve`` passes its own): exit as soon as that process is no longer the parent."""
+    if parent_pid is not None:
+        watch_parent(parent_pid, lambda: _exit_orphaned(parent_pid))
     db = make_engine(settings.database_url)
     upgrade(db)
     stop = threading.Event()

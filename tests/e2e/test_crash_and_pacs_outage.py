@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -103,6 +103,54 @@ class NodeProcess:
         self._log.close()
 
 
+@pytest.fixture
+def node_processes() -> Iterator[Callable[[Path, Path, int], NodeProcess]]:
+    """Start ``serve`` processes; at teardown, whatever the test did or where it failed, SIGKILL each one's process
+    group (``serve`` and the workers it started), so no node outlives its test."""
+    started: list[NodeProcess] = []
+
+    def start(config: Path, log: Path, port: int) -> NodeProcess:
+        node = NodeProcess(config, log)
+        started.append(node)
+        return node.start(port)
+
+    yield start
+    for node in started:
+        process = getattr(node, "process", None)
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+        with contextlib.suppress(AttributeError):
+            node._log.close()
+
+
+def _children(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is ``pid``, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[1] != "Z" and int(fields[2]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: state, ppid, ...; None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return ["", *text.rpartition(")")[2].split()]
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[1] != "Z"
+
+
 def _sop_uids(paths: list[Path]) -> set[str]:
     return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
 
@@ -125,7 +173,7 @@ def crash_setup(tmp_path: Path, tiny_weights: Path) -> Iterator[tuple[Path, Path
 
 
 def test_sigkill_mid_study_then_restart_loses_nothing_and_completes_once(
-    crash_setup: tuple[Path, Path, int], make_study, tmp_path: Path
+    crash_setup: tuple[Path, Path, int], make_study, tmp_path: Path, node_processes
 ) -> None:
     """Killed twice: right after half a study was acknowledged, then while the engine imputes it."""
     config, pacs, port = crash_setup
@@ -137,14 +185,14 @@ def test_sigkill_mid_study_then_restart_loses_nothing_and_completes_once(
     log = tmp_path / "node.log"
     db = make_engine(f"sqlite:///{tmp_path / 'node' / 'codebrain.db'}")
     factory = session_factory(db)
-    node = NodeProcess(config, log).start(port)
+    node = node_processes(config, log, port)
     try:
         sent = storescu(port, first_part)
         assert sent.returncode == 0, sent.stderr  # every instance of the first part acknowledged
         node.kill()  # at once: the recorder may not have filed them yet; the workers die too
         assert node.process.returncode == -signal.SIGKILL
 
-        node = NodeProcess(config, log).start(port)
+        node = node_processes(config, log, port)
         acknowledged = _sop_uids(first_part)
         with factory() as session:
             filed = set(session.scalars(select(Instance.sop_instance_uid)))
@@ -160,7 +208,7 @@ def test_sigkill_mid_study_then_restart_loses_nothing_and_completes_once(
             assert job.status == JobStatus.RUNNING
 
         # the lease is 10 minutes: only recognising the dead worker at restart brings the job back in time
-        node = NodeProcess(config, log).start(port)
+        node = node_processes(config, log, port)
         wait_for(lambda: study_state(factory, study_uid) == "exported", 120, "the study to be EXPORTED")
         with factory() as session:
             jobs = list(session.scalars(select(Job).join(Study).where(Study.study_instance_uid == study_uid)))
@@ -178,6 +226,24 @@ def test_sigkill_mid_study_then_restart_loses_nothing_and_completes_once(
     finally:
         node.terminate()
         db.dispose()
+
+
+def test_killing_only_serve_ends_its_engine_workers(
+    crash_setup: tuple[Path, Path, int], tmp_path: Path, node_processes
+):
+    """#16 defect 6: SIGKILL to ``serve`` alone (not its process group) must not leave its workers running."""
+    config, _, port = crash_setup
+    node = node_processes(config, tmp_path / "node.log", port)
+    workers = wait_for(lambda: _children(node.process.pid), 60, "serve to start its engine worker")
+    os.kill(node.process.pid, signal.SIGKILL)  # serve only: the workers are not signalled
+    node.process.wait(timeout=20)
+    wait_for(
+        lambda: not any(_alive(pid) for pid in workers),
+        60,
+        "the orphaned engine workers to exit",
+        explain=lambda: f"still running: {[pid for pid in workers if _alive(pid)]}",
+    )
+    assert "is gone: engine worker" in (tmp_path / "node.log").read_text()
 
 
 def test_pacs_down_then_up_gets_the_series_exactly_once(tiny_weights: Path, make_study, tmp_path: Path) -> None:
