@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -390,11 +391,13 @@ class Engine:
             inputs, skipped = load_inputs(session, job, self.settings.paths.data_dir)
             targets = [Contrast(name) for name in job.targets]
             numbering = study_numbering(session, job.study, targets)
+            recorded = set(session.scalars(select(Series.series_instance_uid).where(Series.study_id == job.study_id)))
             for reason in skipped:
                 log.warning("job %s: input left out: %s", job.id, reason)
                 audit(session, f"engine:{self.name}", "input_skipped", job.study, job_id=job.id, reason=reason)
         load_s = time.perf_counter() - clock
         out_dir = self.settings.paths.data_dir / "synthetic" / study_uid
+        remove_unrecorded_series(out_dir, recorded, job_id)
         result = impute_study(
             inputs,
             targets,
@@ -406,6 +409,28 @@ class Engine:
         )
         result.timings["load_s"] = load_s
         return result
+
+
+def remove_unrecorded_series(out_dir: Path, recorded: set[str], job_id: int) -> list[str]:
+    """Delete the series folders under ``out_dir`` that no Series row records: what an attempt killed while it
+    wrote (or before it recorded its result) left behind. Run before each attempt, so a retried job never leaves
+    its predecessor's files; recorded series (current or superseded) are never touched. Returns the folder names
+    (Series Instance UIDs, no patient data)."""
+    if not out_dir.is_dir():
+        return []
+    removed = []
+    for folder in sorted(out_dir.iterdir()):
+        if folder.is_dir() and folder.name not in recorded:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    if removed:
+        log.warning(
+            "job %s: removed %d unrecorded synthetic series folder(s) of an interrupted attempt: %s",
+            job_id,
+            len(removed),
+            ", ".join(removed),
+        )
+    return removed
 
 
 class _Heartbeat:

@@ -18,6 +18,7 @@ from codebrain_node.config import Settings
 from codebrain_node.db.models import Series
 from codebrain_node.review import render
 from codebrain_node.review.dependencies import AppSettings, Database, Geometries
+from codebrain_node.review.worklist import is_row_id
 
 router = APIRouter()
 
@@ -89,6 +90,8 @@ def instance_paths(series: Series, settings: Settings) -> list[Path]:
 
 
 def _series_of_study(session: Session, study_id: int, series_id: int) -> Series:
+    if not (is_row_id(study_id) and is_row_id(series_id)):
+        raise HTTPException(status_code=404, detail="no such series in this study")
     series = session.scalars(select(Series).where(Series.id == series_id, Series.study_id == study_id)).one_or_none()
     if series is None:
         raise HTTPException(status_code=404, detail="no such series in this study")

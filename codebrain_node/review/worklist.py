@@ -58,6 +58,14 @@ STATES_OF_STATUS: dict[str, frozenset[StudyState]] = {
 RECENT_INSTANCE = timedelta(seconds=10)
 
 SORT_KEYS = ("age", "status", "patient", "updated")
+#: The largest row id (an INTEGER column: 32 bits on PostgreSQL); a larger one in a URL names no row, and asking
+#: the database for it would fail (PostgreSQL: integer out of range) instead of finding nothing.
+MAX_ROW_ID = 2**31 - 1
+
+
+def is_row_id(value: int) -> bool:
+    """Could ``value`` be a row's id at all (1 … :data:`MAX_ROW_ID`)?"""
+    return 0 < value <= MAX_ROW_ID
 
 
 class ReviewError(RuntimeError):
@@ -125,6 +133,8 @@ def list_worklist(
             raise ReviewError(f"unknown status {status!r}; one of {', '.join(STATES_OF_STATUS)}")
         query = query.where(Study.state.in_(STATES_OF_STATUS[status]))
     if text:
+        if "\x00" in text:  # no text column holds a NUL (PostgreSQL refuses the query outright)
+            raise ReviewError("the search text cannot contain a NUL character")
         pattern = f"%{text.strip()}%"
         query = query.where(
             or_(
@@ -197,6 +207,8 @@ def find_study(session: Session, key: str | int, lock: bool = False) -> Study:
     """A study by database id or Study Instance UID."""
     text = str(key).strip()
     query = select(Study)
+    if text.isdigit() and not is_row_id(int(text)):
+        raise ReviewError(f"no study {text[:64]}")
     query = query.where(Study.id == int(text)) if text.isdigit() else query.where(Study.study_instance_uid == text)
     if lock:
         query = query.with_for_update()
