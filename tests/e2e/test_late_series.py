@@ -142,8 +142,10 @@ def pacs_scp(tmp_path: Path) -> Iterator[StoreSCP]:
         server.stop()
 
 
-def _received(pacs: StoreSCP) -> list[pydicom.Dataset]:
-    return [pydicom.dcmread(path, stop_before_pixels=True) for path in pacs.files()]
+def _received(pacs: StoreSCP, study_uid: str) -> list[pydicom.Dataset]:
+    """What the PACS holds of ``study_uid`` (a node another test left running may reach a recycled port)."""
+    datasets = [pydicom.dcmread(path, stop_before_pixels=True) for path in pacs.files()]
+    return [ds for ds in datasets if ds.StudyInstanceUID == study_uid]
 
 
 def _synthetic_series(datasets: list[pydicom.Dataset]) -> dict[str, list[pydicom.Dataset]]:
@@ -161,11 +163,11 @@ def _complete(series: dict[str, list[pydicom.Dataset]], count: int) -> dict[str,
     return None
 
 
-def _notes(pacs: StoreSCP) -> list[tuple[Path, pydicom.Dataset]]:
+def _notes(pacs: StoreSCP, study_uid: str) -> list[tuple[Path, pydicom.Dataset]]:
     found = []
     for path in pacs.files():
         ds = pydicom.dcmread(path)
-        if ds.SOPClassUID == KOS_STORAGE:
+        if ds.SOPClassUID == KOS_STORAGE and ds.StudyInstanceUID == study_uid:
             found.append((path, ds))
     return found
 
@@ -184,7 +186,7 @@ def test_a_late_flair_withdraws_the_synthetic_flair_and_replaces_the_t1gd(
         sent = storescu(node.port, [*series_files(folder, "101_"), *series_files(folder, "201_")])
         assert sent.returncode == 0, sent.stderr
         first = wait_for(
-            lambda: _complete(_synthetic_series(_received(pacs_scp)), 3),
+            lambda: _complete(_synthetic_series(_received(pacs_scp, study_uid)), 3),
             180,
             "T1Gd, PD and FLAIR synthesised from T1 and T2 at the PACS, every instance",
             0.5,
@@ -198,16 +200,21 @@ def test_a_late_flair_withdraws_the_synthetic_flair_and_replaces_the_t1gd(
         assert late.returncode == 0, late.stderr
         story = lambda: study_story(node.factory, study_uid)  # noqa: E731
         notes = wait_for(
-            lambda: len(_notes(pacs_scp)) == 3 and _notes(pacs_scp), 180, "three rejection notes", 0.5, story
+            lambda: len(_notes(pacs_scp, study_uid)) == 3 and _notes(pacs_scp, study_uid),
+            180,
+            "three rejection notes",
+            0.5,
+            story,
         )
         wait_for(
             lambda: (
-                len(_synthetic_series(_received(pacs_scp))) == 5 and study_state(node.factory, study_uid) == "exported"
+                len(_synthetic_series(_received(pacs_scp, study_uid))) == 5
+                and study_state(node.factory, study_uid) == "exported"
             ),
             120,
             "the replacements sent and the study exported",
             0.5,
-            lambda: f"{len(_synthetic_series(_received(pacs_scp)))} synthetic series at the PACS\n{story()}",
+            lambda: f"{len(_synthetic_series(_received(pacs_scp, study_uid)))} synthetic series at the PACS\n{story()}",
         )
         with node.factory() as session:
             status_text = render(session)
@@ -222,7 +229,7 @@ def test_a_late_flair_withdraws_the_synthetic_flair_and_replaces_the_t1gd(
     assert [job.status for job in jobs] == [JobStatus.DONE, JobStatus.DONE]
     assert set(jobs[1].inputs) == {"T1", "T2", "FLAIR"} and sorted(jobs[1].targets) == ["PD", "T1Gd"]
 
-    synthetic = _synthetic_series(_received(pacs_scp))
+    synthetic = _synthetic_series(_received(pacs_scp, study_uid))
     flair_series = [i for i in synthetic.values() if str(i[0].SeriesDescription).startswith("SYNTHETIC FLAIR")]
     assert len(flair_series) == 1, "a second synthetic FLAIR reached the PACS"
 
