@@ -255,6 +255,19 @@ class Export(Base):
     series: Mapped[Series] = relationship(back_populates="exports")
 
 
+class ExportDelivery(Base):
+    """One instance of a series export that its destination acknowledged (a C-STORE success, a file in place):
+    a resend after a crash or a failure mid-series sends only the instances without a row."""
+
+    __tablename__ = "export_deliveries"
+    __table_args__ = (UniqueConstraint("export_id", "instance_id", name="uq_export_deliveries_export_instance"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id", ondelete="CASCADE"), index=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    delivered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class AuditEvent(Base):
     """Who did what, when: every study transition and every reviewer action."""
 

@@ -20,6 +20,13 @@ from codebrain_node.config import DestinationSettingsBase, Settings
 
 EntryT = TypeVar("EntryT", bound=DestinationSettingsBase)
 DestinationT = TypeVar("DestinationT", bound="type[Destination[Any]]")
+#: Told each file the destination has acknowledged, as soon as it has (the dispatcher records it, so a resend
+#: after a crash or a failure mid-series sends only the rest).
+Delivered = Callable[[Path], None]
+
+
+def ignore_delivery(path: Path) -> None:
+    """The default :data:`Delivered`: nobody is keeping count."""
 
 
 class DeliveryError(RuntimeError):
@@ -42,8 +49,9 @@ class Destination(ABC, Generic[EntryT]):
         """Build from this kind's validated ``[[export.destinations]]`` entry (and node-wide settings)."""
 
     @abstractmethod
-    def send(self, files: Sequence[Path]) -> None:
-        """Deliver every file of one series; return only when all of them are accepted."""
+    def send(self, files: Sequence[Path], delivered: Delivered = ignore_delivery) -> None:
+        """Deliver every file of one series; return only when all of them are accepted. Call ``delivered`` with
+        each file the moment the destination has accepted it."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

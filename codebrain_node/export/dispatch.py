@@ -9,6 +9,12 @@ settled: SENT for good (a SENT row is never sent again), or back off ``backoff_i
 capped at ``backoff_max_s``, or DEAD_LETTER after ``export.max_attempts``. A node that dies mid-send leaves the
 row PENDING with its lease: it is sent again when the lease ends (at least once, never lost).
 
+Sends resume per instance: each instance the destination acknowledges is recorded at once (an
+``export_deliveries`` row, in its own short transaction, which also renews the lease), and every later attempt
+(after a crash, or after a failure mid-series) sends only the instances without one, so a resend repeats at most
+the one instance in flight. The lease is sized to the work left (:func:`lease_s`: the association's timeouts plus
+:data:`LEASE_PER_INSTANCE_S` per instance still to send), not to the back-off cap.
+
 The study follows its exports: APPROVED → EXPORTED when every export is SENT, → DEAD_LETTER as soon as one is
 dead. ``codebrain-node export retry`` (:func:`retry_dead_letters`) gives dead rows fresh attempts and the study
 goes back to APPROVED.
@@ -25,11 +31,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from codebrain_node import metrics
@@ -37,6 +44,7 @@ from codebrain_node.config import Settings
 from codebrain_node.db.lifecycle import audit, transition
 from codebrain_node.db.models import (
     Export,
+    ExportDelivery,
     ExportKind,
     ExportStatus,
     Instance,
@@ -48,13 +56,16 @@ from codebrain_node.db.models import (
     utcnow,
 )
 from codebrain_node.db.session import transaction
-from codebrain_node.export.base import DeliveryError, Destination, destination_class
+from codebrain_node.export.base import Delivered, DeliveryError, Destination, destination_class
 from codebrain_node.write.rejection_note import rejection_series_number, write_rejection_note
 
 log = logging.getLogger(__name__)
 
 ACTOR = "exporter"
 Clock = Callable[[], datetime]
+
+#: Seconds a lease allows for each instance still to send (a C-STORE of one synthetic slice takes milliseconds).
+LEASE_PER_INSTANCE_S = 2.0
 
 #: Study states in which a current series is sent (a dead-lettered study keeps sending its other rows).
 SENDING_STATES = (StudyState.APPROVED, StudyState.DEAD_LETTER, StudyState.EXPORTED)
@@ -71,6 +82,25 @@ def build_destinations(settings: Settings) -> dict[str, Destination[Any]]:
 def backoff_s(attempts: int, initial_s: float, max_s: float) -> float:
     """Seconds to wait after the ``attempts``-th failure: initial, 2x, 4x ... capped at ``max_s``."""
     return min(initial_s * 2 ** max(attempts - 1, 0), max_s)
+
+
+def lease_s(settings: Settings, instances: int) -> float:
+    """How long a claim holds an export: connecting and associating (``dicom.network_timeout_s`` each, the
+    timeouts a C-STORE destination uses) plus :data:`LEASE_PER_INSTANCE_S` for each of ``instances`` left to send.
+    Renewed at each acknowledged instance, so a slow but live send keeps it; a dead one is due again after it."""
+    return 2 * settings.dicom.network_timeout_s + LEASE_PER_INSTANCE_S * instances
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one attempt sends: the export's destination, the files still unacknowledged (with their Instance ids;
+    none for a rejection note) and how many instances the series has in all."""
+
+    destination: str
+    files: list[Path]
+    study_id: int
+    instance_ids: dict[Path, int] = field(default_factory=dict)
+    total: int = 0
 
 
 def schedule_exports(session: Session, study: Study, settings: Settings, *, now: Clock = utcnow) -> int:
@@ -243,9 +273,9 @@ def run_due_exports(
         claim = _claim(factory, export_id, settings, now)
         if claim is None:
             continue  # another node took it, or it is no longer due
-        destination_name, files, study_id = claim
-        touched_studies.add(study_id)
-        error = _deliver(targets.get(destination_name), destination_name, files)
+        touched_studies.add(claim.study_id)
+        recorder = _DeliveryRecorder(factory, export_id, claim, settings, now)
+        error = _deliver(targets.get(claim.destination), claim, recorder)
         _settle(factory, export_id, error, settings, now)
         sent += error is None
     for study_id in touched_studies:
@@ -261,9 +291,7 @@ def _sendable():  # type: ignore[no-untyped-def]
     )
 
 
-def _claim(
-    factory: sessionmaker[Session], export_id: int, settings: Settings, now: Clock
-) -> tuple[str, list[Path], int] | None:
+def _claim(factory: sessionmaker[Session], export_id: int, settings: Settings, now: Clock) -> Claim | None:
     with transaction(factory) as session:
         query = select(Export).where(Export.id == export_id).with_for_update(skip_locked=True)
         export = session.scalars(query).first()
@@ -275,29 +303,77 @@ def _claim(
         ):
             return None  # superseded or reopened since the round began: cancelled or sent later
         export.attempts += 1
-        # the lease: if this node dies mid-send, the row is due again after this
-        export.next_attempt_at = now() + timedelta(seconds=max(settings.export.backoff_max_s, 60.0))
         if export.kind == ExportKind.REJECTION_NOTE:
             files = [instance_file(export.path, settings.paths.data_dir)] if export.path else []
+            claim = Claim(export.destination, files, series.study_id, total=len(files))
         else:
-            paths = session.scalars(
-                select(Instance.path).where(Instance.series_id == export.series_id).order_by(Instance.instance_number)
-            )
-            files = [instance_file(p, settings.paths.data_dir) for p in paths]
-        return export.destination, files, series.study_id
+            delivered = select(ExportDelivery.instance_id).where(ExportDelivery.export_id == export.id)
+            rows = session.execute(
+                select(Instance.id, Instance.path, Instance.id.in_(delivered))
+                .where(Instance.series_id == export.series_id)
+                .order_by(Instance.instance_number, Instance.id)
+            ).all()
+            ids = {instance_file(path, settings.paths.data_dir): id_ for id_, path, done in rows if not done}
+            claim = Claim(export.destination, list(ids), series.study_id, ids, total=len(rows))
+            if len(ids) < len(rows):
+                log.info(
+                    "export %s: %d of %d instance(s) already acknowledged by %s, sending the other %d",
+                    export.id,
+                    len(rows) - len(ids),
+                    len(rows),
+                    export.destination,
+                    len(ids),
+                )
+        # the lease: if this node dies mid-send, the row is due again after this
+        export.next_attempt_at = now() + timedelta(seconds=lease_s(settings, len(claim.files)))
+        return claim
 
 
-def _deliver(destination: Destination[Any] | None, name: str, files: list[Path]) -> str | None:
+class _DeliveryRecorder:
+    """The ``delivered`` callback of one attempt: records each acknowledged instance at once (its own short
+    transaction) and renews the lease for what is left. A failure to record is logged, never raised: the instance
+    is then sent again next time (a duplicate, never a loss)."""
+
+    def __init__(
+        self, factory: sessionmaker[Session], export_id: int, claim: Claim, settings: Settings, now: Clock
+    ) -> None:
+        self.factory, self.export_id, self.claim = factory, export_id, claim
+        self.settings, self.now = settings, now
+        self.left = len(claim.files)
+
+    def __call__(self, path: Path) -> None:
+        instance_id = self.claim.instance_ids.get(path)
+        if instance_id is None:
+            return  # a rejection note: one file, settled as a whole
+        self.left -= 1
+        try:
+            with transaction(self.factory) as session:
+                session.add(ExportDelivery(export_id=self.export_id, instance_id=instance_id, delivered_at=self.now()))
+                lease = timedelta(seconds=lease_s(self.settings, self.left))
+                session.execute(
+                    update(Export)
+                    .where(Export.id == self.export_id, Export.status == ExportStatus.PENDING)
+                    .values(next_attempt_at=self.now() + lease)
+                    .execution_options(synchronize_session=False)
+                )
+        except Exception:  # IntegrityError (another node recorded it first), the database away, ...
+            log.warning("export %s: could not record an acknowledged instance", self.export_id, exc_info=True)
+
+
+def _deliver(destination: Destination[Any] | None, claim: Claim, delivered: Delivered) -> str | None:
     """None when delivered, else the reason (never patient data)."""
+    name, files = claim.destination, claim.files
     if destination is None:
         return f"destination {name!r} is not configured"
-    if not files:
+    if not claim.total:
         return "series has no instances on record"
+    if not files:
+        return None  # every instance acknowledged before (the node died before it could settle the row)
     missing = [path for path in files if not path.exists()]
     if missing:
         return f"{len(missing)} file(s) of the series are missing, e.g. {missing[0].name}"
     try:
-        destination.send(files)
+        destination.send(files, delivered)
     except DeliveryError as exc:
         return str(exc)
     except Exception as exc:  # a bug in one destination must not stop the dispatcher

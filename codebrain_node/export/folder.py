@@ -10,7 +10,7 @@ from pydicom import dcmread
 
 from codebrain_node.config import FolderDestinationSettings, Settings
 from codebrain_node.durable import durable_file
-from codebrain_node.export.base import DeliveryError, Destination, register
+from codebrain_node.export.base import Delivered, DeliveryError, Destination, ignore_delivery, register
 
 
 @register(FolderDestinationSettings)
@@ -23,7 +23,7 @@ class FolderDestination(Destination[FolderDestinationSettings]):
     def from_settings(cls, entry: FolderDestinationSettings, settings: Settings) -> FolderDestination:
         return cls(entry.name, entry.path)
 
-    def send(self, files: Sequence[Path]) -> None:
+    def send(self, files: Sequence[Path], delivered: Delivered = ignore_delivery) -> None:
         try:
             for source in files:
                 header = dcmread(
@@ -33,5 +33,6 @@ class FolderDestination(Destination[FolderDestinationSettings]):
                 # a reader of the folder sees whole files only
                 with source.open("rb") as reading, durable_file(target_dir / source.name) as writing:
                     shutil.copyfileobj(reading, writing, 1 << 20)
+                delivered(source)
         except OSError as exc:
             raise DeliveryError(f"folder {self.path}: {exc.strerror or exc}") from exc

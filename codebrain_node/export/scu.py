@@ -18,7 +18,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from codebrain_node.config import DicomDestinationSettings, Settings
-from codebrain_node.export.base import DeliveryError, Destination, register
+from codebrain_node.export.base import Delivered, DeliveryError, Destination, ignore_delivery, register
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class DicomDestination(Destination[DicomDestinationSettings]):
             timeout_s=settings.dicom.network_timeout_s,
         )
 
-    def send(self, files: Sequence[Path]) -> None:
+    def send(self, files: Sequence[Path], delivered: Delivered = ignore_delivery) -> None:
         datasets = [dcmread(path) for path in files]
         ae = AE(ae_title=self.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
@@ -92,7 +92,7 @@ class DicomDestination(Destination[DicomDestinationSettings]):
             connection = assoc.dul.socket.socket if assoc.dul.socket else None
             if connection is not None:
                 connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for dataset in datasets:
+            for path, dataset in zip(files, datasets, strict=True):
                 _pause_reactor(assoc)
                 try:
                     reply = assoc.send_c_store(dataset)
@@ -103,6 +103,7 @@ class DicomDestination(Destination[DicomDestinationSettings]):
                     raise DeliveryError(f"{where}: no C-STORE response (connection lost or timed out)")
                 if status not in ACCEPTED_STATUSES:
                     raise DeliveryError(f"{where}: C-STORE status 0x{status:04X} for sop={dataset.SOPInstanceUID}")
+                delivered(path)
         finally:
             if assoc.is_established:
                 assoc.release()
