@@ -175,9 +175,10 @@ class DicomDestinationSettings(DestinationSettingsBase):
     @model_validator(mode="after")
     def _tls_consistent(self) -> DicomDestinationSettings:
         """TLS keys without ``tls = true`` would be ignored silently: refuse them; a certificate needs its key."""
-        given = [name for name in self.model_fields_set if name.startswith("tls_")]
+        values = {name: getattr(self, name) for name in type(self).model_fields if name.startswith("tls_")}
+        given = [name for name, value in values.items() if value]  # None, "" and an empty secret are not given
         if not self.tls and given:
-            raise ValueError(f"{', '.join(sorted(given))} set but tls is false")
+            raise ValueError(f"{', '.join(given)} set but tls is false")
         if (self.tls_certificate is None) != (self.tls_private_key is None):
             raise ValueError("tls_certificate and tls_private_key go together")
         return self
