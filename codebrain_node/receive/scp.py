@@ -13,6 +13,14 @@ Association policy, checked on EVT_REQUESTED before negotiation:
   - free disk below ``dicom.min_free_disk_mb``: transient, service provider, "local limit exceeded";
   - more than ``dicom.max_associations`` at once: pynetdicom rejects transient, "local limit exceeded".
 
+DICOM TLS (PS3.15 Annex B.9, the BCP 195 TLS profile; ``codebrain_node/tls.py``): with ``dicom.tls = "both"`` a
+second listener on ``dicom.tls_port`` speaks TLS beside the plain one on ``dicom.port``; with ``"only"`` it is the
+only one. Both listeners are one AE with the same handlers and policy. The TLS handshake runs in the
+connection's own thread, bounded by ``dicom.acse_timeout_s`` (pynetdicom does it in the accepting thread, where one
+client that connects and says nothing would stop every other one from being accepted); a failed handshake (a
+plain DICOM client, no or an untrusted client certificate when ``dicom.tls_client_ca`` is set, TLS below 1.2) is
+logged with the peer's address and closes the connection before any association exists.
+
 Associations: EVT_ACCEPTED, EVT_RELEASED, EVT_ABORTED and EVT_CONN_CLOSE become :class:`AssociationOpened` /
 :class:`AssociationEnded` records for ``on_association`` (the recorder), and every stored instance carries its
 association's key, so the database knows which studies an open association may still be sending
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -52,6 +61,7 @@ from codebrain_node.receive.associations import (
     new_association_key,
 )
 from codebrain_node.receive.spool import CANNOT_UNDERSTAND, ReceivedInstance, Spool
+from codebrain_node.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +108,65 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
+class TLSAssociationServer(NoDelayAssociationServer):
+    """The TLS listener: ``ssl_context`` wraps each accepted connection, and the handshake is done in the
+    connection's thread within ``handshake_timeout_s``, so a slow or silent client holds up only itself."""
+
+    handshake_timeout_s: float = 30.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.socket is None or self.ssl_context is None:
+            raise RuntimeError("TLSAssociationServer needs a socket and an ssl_context")
+        # not super(): pynetdicom's get_request would wrap and shake hands right here, in the accepting thread
+        client, address = self.socket.accept()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False), address
+
+    def process_request_thread(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int] | str
+    ) -> None:
+        if not isinstance(request, ssl.SSLSocket):  # get_request above makes every request one
+            raise TypeError(f"expected a TLS socket, got {type(request).__name__}")
+        host = client_address[0] if isinstance(client_address, tuple) else client_address
+        try:
+            request.settimeout(self.handshake_timeout_s)
+            request.do_handshake()
+            request.settimeout(None)
+        except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+            log.warning("TLS handshake with %s failed: %s", host, _handshake_failure(exc))
+            self.shutdown_request(request)
+            return
+        log.debug("TLS from %s: %s, %s, client %s", host, request.version(), request.cipher(), _subject(request))
+        super().process_request_thread(request, client_address)
+
+
+#: OpenSSL's reasons for the usual failed handshakes, said for the person reading the log.
+_HANDSHAKE_REASONS = {
+    "WRONG_VERSION_NUMBER": "not TLS (a plain DICOM client on the TLS port?)",
+    "HTTP_REQUEST": "not TLS (an HTTP request)",
+    "UNSUPPORTED_PROTOCOL": "the client offers only TLS below 1.2",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate (dicom.tls_client_ca requires one)",
+    "CERTIFICATE_VERIFY_FAILED": "client certificate not signed by a CA of dicom.tls_client_ca (or expired)",
+    "NO_SHARED_CIPHER": "no cipher suite in common",
+}
+
+
+def _handshake_failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no handshake within dicom.acse_timeout_s"
+    reason = getattr(exc, "reason", None)
+    if reason:
+        return f"{_HANDSHAKE_REASONS.get(reason, reason)} [{reason}]"
+    return str(exc) or type(exc).__name__
+
+
+def _subject(connection: ssl.SSLSocket) -> str:
+    """The client certificate's subject common name, or "no certificate"."""
+    peer = connection.getpeercert() or {}
+    names = [value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names[0] if names else "no certificate"
+
+
 @dataclass
 class ReceiverStats:
     stored: int = 0
@@ -130,8 +199,10 @@ class Receiver:
         #: Open associations → their keys (pynetdicom's Association objects are threads, hashed by identity).
         self._keys: dict[object, str] = {}
         self._keys_lock = threading.Lock()
-        self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        #: The listeners, plain first: ("plain" | "tls", server, its serve_forever thread).
+        self._listeners: list[tuple[str, ThreadedAssociationServer, threading.Thread]] = []
+        #: Built here so a missing or unreadable certificate or key fails before anything listens.
+        self.tls_context = receiver_tls_context(dicom)
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -148,12 +219,22 @@ class Receiver:
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        """The plain port; with ``dicom.tls = "only"`` the TLS port, the one there is."""
+        if not self._listeners:
             raise RuntimeError("receiver not started")
-        return int(self._server.server_address[1])
+        return int(self._listeners[0][1].server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS port, or None without TLS."""
+        if not self._listeners:
+            raise RuntimeError("receiver not started")
+        ports = [int(server.server_address[1]) for kind, server, _ in self._listeners if kind == "tls"]
+        return ports[0] if ports else None
 
     def start(self) -> Receiver:
-        """Listen on ``dicom.bind_address:dicom.port`` (port 0: any free port, see :attr:`port`)."""
+        """Listen on ``dicom.bind_address:dicom.port`` and, with TLS, on ``dicom.tls_port`` (port 0: any free port,
+        see :attr:`port` and :attr:`tls_port`)."""
         # The standard handlers log every PDU and DIMSE message; they cost time on each instance.
         _config.LOG_HANDLER_LEVEL = "none"
         handlers = [
@@ -166,22 +247,39 @@ class Receiver:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        server = self.ae.make_server(
-            (self.dicom.bind_address, self.dicom.port), evt_handlers=handlers, server_class=self.server_class
-        )
-        self.ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() stops it too
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="codebrain-scp", daemon=True)
-        self._thread.start()
-        log.info("DICOM receiver %s listening on %s:%d", self.dicom.ae_title, self.dicom.bind_address, self.port)
+        if self.dicom.tls != "only":
+            self._listen("plain", self.dicom.port, handlers)
+        if self.tls_context is not None:
+            self._listen("tls", self.dicom.tls_port, handlers)
         return self
+
+    def _listen(self, kind: str, port: int, handlers: list) -> None:  # type: ignore[type-arg]
+        address = (self.dicom.bind_address, port)
+        if kind == "tls":
+            server = self.ae.make_server(
+                address, evt_handlers=handlers, server_class=TLSAssociationServer, ssl_context=self.tls_context
+            )
+            server.handshake_timeout_s = self.dicom.acse_timeout_s  # type: ignore[attr-defined]
+        else:
+            server = self.ae.make_server(address, evt_handlers=handlers, server_class=self.server_class)
+        self.ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() stops it too
+        name = "codebrain-scp" if kind == "plain" else "codebrain-scp-tls"
+        thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        thread.start()
+        self._listeners.append((kind, server, thread))
+        where = f"{self.dicom.bind_address}:{server.server_address[1]}"
+        if kind == "tls":
+            verify = "client certificates required" if self.dicom.tls_client_ca else "no client certificates asked"
+            log.info("DICOM receiver %s listening on %s (TLS, %s)", self.dicom.ae_title, where, verify)
+        else:
+            log.info("DICOM receiver %s listening on %s", self.dicom.ae_title, where)
 
     def stop(self) -> None:
         """Stop listening, then abort the open associations: a store being written still completes (its peer,
         having no success status, sends it again and gets the idempotent duplicate answer)."""
-        if self._server is not None:
-            self._server.shutdown()  # also takes it out of the AE's list of servers
-            self._server = None
+        listeners, self._listeners = self._listeners, []
+        for _, server, _ in listeners:
+            server.shutdown()  # also takes it out of the AE's list of servers
         self.ae.shutdown()
         # Whatever pynetdicom did not report as ended is over now too (the first end recorded wins).
         with self._keys_lock:
@@ -290,3 +388,17 @@ class Receiver:
         if outcome.instance is not None:
             self.on_stored(replace(outcome.instance, association_key=self._key_of(event.assoc)))
         return outcome.status
+
+
+def receiver_tls_context(dicom: DicomSettings) -> ssl.SSLContext | None:
+    """The TLS listener's context from ``dicom.tls_*`` (None with ``dicom.tls = "off"``);
+    :class:`~codebrain_node.tls.TLSFileError` names the setting and file that cannot be used."""
+    if dicom.tls == "off" or dicom.tls_certificate is None or dicom.tls_private_key is None:
+        return None
+    return server_context(
+        dicom.tls_certificate,
+        dicom.tls_private_key,
+        password=dicom.tls_private_key_password.get_secret_value(),
+        client_ca=dicom.tls_client_ca,
+        where="dicom",
+    )

@@ -1,5 +1,6 @@
-"""The receive stage as one unit for ``serve``: close a dead predecessor's associations, recover the spool, start
-the recorder, then listen (instances and association events both go to the recorder)."""
+"""The receive stage as one unit for ``serve``: check the TLS files (if any), close a dead predecessor's
+associations, recover the spool, start the recorder, then listen (instances and association events both go to the
+recorder)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
 from codebrain_node.receive.recorder import Recorder, recover_spool
-from codebrain_node.receive.scp import Receiver
+from codebrain_node.receive.scp import Receiver, receiver_tls_context
 from codebrain_node.receive.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,10 @@ class ReceiveService:
     def port(self) -> int:
         return self.receiver.port
 
+    @property
+    def tls_port(self) -> int | None:
+        return self.receiver.tls_port
+
     def stop(self) -> None:
         """Stop listening first, then let the recorder file what is queued."""
         self.receiver.stop()
@@ -33,7 +38,9 @@ class ReceiveService:
 
 
 def start_receive_service(settings: Settings, factory: sessionmaker[Session]) -> ReceiveService:
-    """Recover what a previous run acknowledged but did not record, then accept associations."""
+    """Recover what a previous run acknowledged but did not record, then accept associations. A TLS certificate or
+    key that cannot be used raises :class:`~codebrain_node.tls.TLSFileError` first, before anything has started."""
+    receiver_tls_context(settings.dicom)
     spool = Spool(settings.paths.data_dir, settings.dicom.min_free_disk_mb)
     recover_spool(factory, spool)
     recorder = Recorder(factory, spool=spool).start()  # what the database refuses is quarantined at once
