@@ -53,6 +53,10 @@ class Destination(ABC, Generic[EntryT]):
         """Deliver every file of one series; return only when all of them are accepted. Call ``delivered`` with
         each file the moment the destination has accepted it."""
 
+    def check(self) -> None:
+        """Raise if this destination could never work as configured (a TLS file that cannot be read, say);
+        ``serve`` calls it once at start. Nothing to check by default."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 

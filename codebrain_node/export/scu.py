@@ -2,12 +2,20 @@
 
 The presentation contexts come from the files themselves (SOP class and transfer syntax, plus both little
 endian syntaxes so an uncompressed file can always go). TCP_NODELAY is set on our socket, as on the receiver.
+
+With ``tls = true`` the association runs over DICOM TLS (PS3.15 Annex B.9, the BCP 195 TLS profile: TLS 1.2 or
+later; ``codebrain_node/tls.py``): the peer's certificate must chain to ``tls_ca_certificates`` (or the system's
+trust store) and carry ``host`` (or ``tls_server_name``) as a name; ours is presented when configured. The
+context is built for each send, so renewed certificates are picked up without a restart, and a file that went
+missing fails that attempt (retried with back-off) rather than the dispatcher; :meth:`DicomDestination.check`
+builds it once at start, so a bad file stops ``serve`` before anything listens.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +27,7 @@ from pynetdicom.association import Association
 
 from codebrain_node.config import DicomDestinationSettings, Settings
 from codebrain_node.export.base import Delivered, DeliveryError, Destination, ignore_delivery, register
+from codebrain_node.tls import TLSFileError, client_context
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +63,14 @@ class DicomDestination(Destination[DicomDestinationSettings]):
         port: int,
         calling_ae_title: str,
         timeout_s: float = 30.0,
+        tls: DicomDestinationSettings | None = None,
     ) -> None:
         super().__init__(name)
         self.ae_title, self.host, self.port = ae_title, host, port
         self.calling_ae_title = calling_ae_title
         self.timeout_s = timeout_s
+        #: The entry whose ``tls_*`` keys say how to speak TLS to this peer; None: plain TCP.
+        self.tls = tls if tls is not None and tls.tls else None
 
     @classmethod
     def from_settings(cls, entry: DicomDestinationSettings, settings: Settings) -> DicomDestination:
@@ -70,6 +82,24 @@ class DicomDestination(Destination[DicomDestinationSettings]):
             entry.port,
             settings.export.calling_ae_title,
             timeout_s=settings.dicom.network_timeout_s,
+            tls=entry,
+        )
+
+    def check(self) -> None:
+        """Build the TLS context once: a certificate, key or CA file that cannot be used raises
+        :class:`~codebrain_node.tls.TLSFileError` naming it."""
+        self.tls_context()
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A fresh client context from the entry's ``tls_*`` files, or None for plain TCP."""
+        if self.tls is None:
+            return None
+        return client_context(
+            ca_certificates=self.tls.tls_ca_certificates,
+            certificate=self.tls.tls_certificate,
+            private_key=self.tls.tls_private_key,
+            password=self.tls.tls_private_key_password.get_secret_value(),
+            where=f"export.destinations[{self.name}]",
         )
 
     def send(self, files: Sequence[Path], delivered: Delivered = ignore_delivery) -> None:
@@ -84,9 +114,20 @@ class DicomDestination(Destination[DicomDestinationSettings]):
             for syntax in syntaxes:
                 ae.add_requested_context(sop_class, [syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         where = f"{self.ae_title}@{self.host}:{self.port}"
-        assoc = ae.associate(self.host, self.port, ae_title=self.ae_title)
+        try:
+            context = self.tls_context()
+        except TLSFileError as exc:
+            raise DeliveryError(f"{where}: {exc}") from None
+        if context is not None and self.tls is not None:
+            where += " (TLS)"
+            tls_args = (context, self.tls.tls_server_name or self.host)
+            assoc = ae.associate(self.host, self.port, ae_title=self.ae_title, tls_args=tls_args)
+        else:
+            assoc = ae.associate(self.host, self.port, ae_title=self.ae_title)
         if not assoc.is_established:
             state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
+            if context is not None and not assoc.is_rejected:  # pynetdicom logs the TLS reason, but keeps it
+                state += " (no connection, a failed TLS handshake or our certificate refused: see the log)"
             raise DeliveryError(f"{where}: association {state}")
         try:
             connection = assoc.dul.socket.socket if assoc.dul.socket else None

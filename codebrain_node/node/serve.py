@@ -28,16 +28,18 @@ from typing import Literal
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from codebrain_node.config import Settings
+from codebrain_node.config import ConfigError, Settings
 from codebrain_node.db import jobs
 from codebrain_node.db.metrics import DatabaseCollector
 from codebrain_node.db.session import make_engine, session_factory, transaction, upgrade
 from codebrain_node.engine.weights import LoadedModel, model_contrasts
 from codebrain_node.engine.worker import Engine, worker_name
-from codebrain_node.export.dispatch import run_due_exports
+from codebrain_node.export.dispatch import build_destinations, run_due_exports
 from codebrain_node.metrics import MetricsServer, start_metrics_server
+from codebrain_node.receive.scp import receiver_tls_context
 from codebrain_node.receive.service import ReceiveService, start_receive_service
 from codebrain_node.route.stable import make_scheduler
+from codebrain_node.tls import TLSFileError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class Node:
 
     def start(self) -> Node:
         """Migrate, then start each stage; the receiver last (it first files what the spool holds unrecorded)."""
+        check_tls_files(self.settings)
         upgrade(self.db)
         if self.settings.metrics.enabled:
             metrics = self.settings.metrics
@@ -172,6 +175,17 @@ def worker_environment(settings: Settings, index: int, environ: Mapping[str, str
         port = settings.metrics.port
         env["CODEBRAIN_METRICS__PORT"] = str(port + 1 + index if port else 0)
     return env
+
+
+def check_tls_files(settings: Settings) -> None:
+    """Build every TLS context once (the receiver's, each destination's), so a certificate, key or CA file that is
+    missing or unreadable stops the node before anything starts, with one line naming the setting and the file."""
+    try:
+        receiver_tls_context(settings.dicom)
+        for destination in build_destinations(settings).values():
+            destination.check()
+    except TLSFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def run_until_signal(node: Node) -> None:
