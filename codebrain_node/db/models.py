@@ -268,6 +268,35 @@ class ExportDelivery(Base):
     delivered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class ReviewSession(Base):
+    """A signed-in review session, server side: the cookie carries a random token whose SHA-256 is ``id``. Sign-out
+    revokes the row, so a copy of the cookie made before it opens nothing."""
+
+    __tablename__ = "review_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SignInFailures(Base):
+    """Failed sign-ins counted against a user name or a client address (``kind``), and the lock-out they caused;
+    in the database so a restart does not forgive them."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (UniqueConstraint("kind", "key", name="uq_sign_in_failures_kind_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class AuditEvent(Base):
     """Who did what, when: every study transition and every reviewer action."""
 

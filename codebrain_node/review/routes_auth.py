@@ -1,7 +1,8 @@
 """Sign-in and sign-out: the password form, the throttle in front of Argon2, a fresh session at every sign-in.
 
 Every attempt is an audit event (``sign_in``, ``sign_in_failed``, ``sign_in_throttled``) with ``user:<name>``
-as actor. A locked-out name or address is refused before the password is checked.
+as actor. A locked-out name or address is refused before the password is checked. A sign-in records a session
+row (the cookie carries its token); sign-out revokes it, so a copy of the cookie is worth nothing afterwards.
 """
 
 from __future__ import annotations
@@ -69,15 +70,17 @@ def login(
         return again
     throttle.succeeded(name)
     metrics.actions.labels("sign_in", "ok").inc()
+    token = auth.open_session(factory, user, review.session_max_age_s)  # on record: sign-out can revoke it
     request.session.clear()  # a fresh session (and CSRF token) at every sign-in
-    request.session["user"] = user.name
+    request.session["sid"] = token
     request.session["csrf"] = auth.new_csrf_token()
     return RedirectResponse(safe_next(next), status_code=303)
 
 
 @router.post("/logout")
-def logout(request: Request, csrf_token: str = Form("")) -> Response:
+def logout(request: Request, factory: Database, csrf_token: str = Form("")) -> Response:
     check_csrf(request, csrf_token)
+    auth.revoke_session(factory, request.session.get("sid"))  # every copy of the cookie is signed out too
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 

@@ -19,10 +19,15 @@ def seeded_on(factory: sessionmaker[Session], tmp_path: Path, **review: object) 
     return seed_study(make_settings(tmp_path, **review), factory)
 
 
-def client_of(seeded: Seeded, base_url: str = "http://testserver", **app: Any) -> TestClient:
-    """A client of a new app on the seeded node (a server error answers 500, as it would, rather than raising)."""
+def client_of(
+    seeded: Seeded, base_url: str = "http://testserver", address: str = "192.0.2.10", **app: Any
+) -> TestClient:
+    """A client (at ``address``) of a new app on the seeded node (a server error answers 500, as it would, rather
+    than raising)."""
     application = create_app(seeded.settings, seeded.factory, **app)
-    return TestClient(application, base_url=base_url, follow_redirects=False, raise_server_exceptions=False)
+    return TestClient(
+        application, base_url=base_url, client=(address, 5000), follow_redirects=False, raise_server_exceptions=False
+    )
 
 
 def csrf_of(html: str) -> str:
