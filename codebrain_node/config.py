@@ -76,6 +76,19 @@ class DicomSettings(_Section):
     allowed_hosts: list[str] = Field(default_factory=list)
     accept_unknown_callers: bool = False
     max_associations: Annotated[int, Field(ge=1, le=256)] = 10
+    #: One host's share: at most this many associations, and as many connections still waiting to send their
+    #: A-ASSOCIATE-RQ (beyond: A-ASSOCIATE-RJ "local limit exceeded", or the connection closed at once).
+    max_associations_per_peer: Annotated[int, Field(ge=1, le=256)] = 5
+    #: Seconds a new connection has to deliver its whole A-ASSOCIATE-RQ (PS3.8 9.1.4, the ARTIM timer) before it
+    #: is closed; until then it is no association and does not count against max_associations.
+    association_request_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    #: Accept associations addressed to any called AE title (else only to ``ae_title``).
+    accept_any_called_ae_title: bool = False
+    #: What one instance may cost (``receive/header.py``, :class:`InstanceLimits`): the most a deflated dataset
+    #: may inflate to, the deepest nesting of sequences, the longest single element.
+    max_inflated_mb: Annotated[int, Field(ge=1)] = 64
+    max_sequence_depth: Annotated[int, Field(ge=1, le=256)] = 16
+    max_element_mb: Annotated[int, Field(ge=1)] = 512
     acse_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     dimse_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     network_timeout_s: Annotated[float, Field(gt=0)] = 60.0

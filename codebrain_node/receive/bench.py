@@ -191,6 +191,7 @@ def _time_ours(files: Sequence[Path], work: Path, associations: int, tcp_nodelay
         port=free_port(),
         allowed_callers=[BENCH_CALLING_AE],
         max_associations=max(associations, 1) + 2,
+        max_associations_per_peer=max(associations, 1) + 2,  # every sender is 127.0.0.1
         min_free_disk_mb=0,
     )
     received: list[Any] = []

@@ -9,9 +9,20 @@ gets its presentation context rejected ("abstract syntax not supported").
 Association policy, checked on EVT_REQUESTED before negotiation:
   - calling AE title not in ``dicom.allowed_callers`` (unless ``accept_unknown_callers``): A-ASSOCIATE-RJ
     permanent, service user, "calling AE title not recognised";
+  - called AE title other than ``dicom.ae_title`` (unless ``accept_any_called_ae_title``): permanent, service
+    user, "called AE title not recognised";
   - peer address not in ``dicom.allowed_hosts`` (when set): permanent, service user, no reason given;
+  - more than ``dicom.max_associations_per_peer`` from the peer's address: transient, service provider, "local
+    limit exceeded";
   - free disk below ``dicom.min_free_disk_mb``: transient, service provider, "local limit exceeded";
   - more than ``dicom.max_associations`` at once: pynetdicom rejects transient, "local limit exceeded".
+
+Before that, a connection is no association (PS3.8 9.1.4, the ARTIM timer): its thread waits, up to
+``dicom.association_request_timeout_s``, until the whole A-ASSOCIATE-RQ PDU has arrived (peeked, left in the
+socket for pynetdicom), and only then hands the socket to pynetdicom, whose association threads are what
+``dicom.max_associations`` counts. So connections that say nothing cost a thread each for a few seconds, count
+against nobody's limit, and a host may have at most ``dicom.max_associations_per_peer`` of them waiting (further
+ones are closed at once). Such closings are logged once a minute per host and kind, not per connection.
 
 DICOM TLS (PS3.15 Annex B.9, the BCP 195 TLS profile; ``codebrain_node/tls.py``): with ``dicom.tls = "both"`` a
 second listener on ``dicom.tls_port`` speaks TLS beside the plain one on ``dicom.port``; with ``"only"`` it is the
@@ -38,10 +49,14 @@ measures all of this.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import select
 import socket
 import ssl
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -94,18 +109,177 @@ MAX_PDU_BYTES = 262_144
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
 REJECT_UNKNOWN_CALLER = (0x01, 0x01, 0x03)
+REJECT_WRONG_CALLED = (0x01, 0x01, 0x07)
 REJECT_HOST = (0x01, 0x01, 0x01)
 REJECT_LOW_DISK = (0x02, 0x03, 0x02)
+REJECT_PEER_LIMIT = (0x02, 0x03, 0x02)
+
+#: The most of an A-ASSOCIATE-RQ waited for before pynetdicom gets the socket (a usual one is under 2 KiB).
+MAX_REQUEST_PEEK = 16_384
+
+_WAITING_LOCK = threading.Lock()
+#: (host, what) → when it was last logged: a flood of silent connections writes one line a minute, not one each.
+_NOTED: dict[tuple[str, str], float] = {}
+NOTE_EVERY_S = 60.0
+
+
+def _note(host: str, what: str) -> None:
+    now = time.monotonic()
+    with _WAITING_LOCK:
+        if len(_NOTED) > 1024:
+            _NOTED.clear()
+        last = _NOTED.get((host, what))
+        if last is not None and now - last < NOTE_EVERY_S:
+            return
+        _NOTED[(host, what)] = now
+    log.warning("connection from %s %s (more such from it are not logged for %d s)", host, what, NOTE_EVERY_S)
+
+
+def _host_of(client_address: tuple[str, int] | str) -> str:
+    return client_address[0] if isinstance(client_address, tuple) else client_address
+
+
+def _await_request(connection: socket.socket, timeout_s: float) -> str | None:
+    """Wait until the connection's first PDU (the A-ASSOCIATE-RQ) has wholly arrived, reading nothing: None when
+    it has (or when the first PDU is something else, which pynetdicom answers), else why not."""
+    deadline = time.monotonic() + timeout_s
+    need = 6  # the PDU header: type, reserved, length (PS3.8 9.3.1)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "sent no A-ASSOCIATE-RQ within dicom.association_request_timeout_s: closed"
+            if isinstance(connection, ssl.SSLSocket):  # no peeking through TLS: the first bytes will do
+                if connection.pending() or select.select([connection], [], [], remaining)[0]:
+                    return None
+                continue
+            connection.settimeout(remaining)
+            try:
+                seen = connection.recv(need, socket.MSG_PEEK)
+            except TimeoutError:
+                continue
+            if not seen:
+                return ""  # closed before saying anything: a port probe, not worth a line
+            if need == 6 and len(seen) >= 6:
+                if seen[0] != 0x01:
+                    return None
+                need = 6 + min(int.from_bytes(seen[2:6], "big"), MAX_REQUEST_PEEK)
+            if len(seen) >= need:
+                return None
+            time.sleep(0.01)  # part of it is here: wait for the rest
+    except OSError:
+        return ""
+    finally:
+        with contextlib.suppress(OSError):
+            connection.settimeout(None)
+
+
+class PeerNoiseFilter(logging.Filter):
+    """pynetdicom's log records about what a peer sent, as one line per association thread and no traceback.
+
+    On garbage (an HTTP request, an unknown PDU type, an A-ASSOCIATE-RQ of noise) pynetdicom logs an ERROR for each
+    byte it cannot place and ``LOGGER.exception`` for a PDU it cannot decode: a traceback of its own code for every
+    hostile connection. This filter drops those bare exception records, strips the traceback off any other, and
+    lets through the first WARNING-or-worse record of each thread (each association runs in its own), later ones
+    at DEBUG only."""
+
+    LOGGERS = ("pynetdicom.dul", "pynetdicom.acse", "pynetdicom.association", "pynetdicom.transport")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: weakref.WeakKeyDictionary[threading.Thread, bool] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            if isinstance(record.msg, BaseException) or not str(record.msg).strip():
+                return False  # LOGGER.exception(exc): nothing but the traceback
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        if record.levelno < logging.WARNING:
+            return True
+        with self._lock:
+            thread = threading.current_thread()
+            if self._seen.get(thread):
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+            self._seen[thread] = True
+        return True
+
+    @classmethod
+    def install(cls) -> None:
+        """On pynetdicom's loggers, once per process."""
+        for name in cls.LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(existing, cls) for existing in logger.filters):
+                logger.addFilter(cls())
 
 
 class NoDelayAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with TCP_NODELAY on every accepted connection: each C-STORE-RSP leaves at once
-    instead of waiting for Nagle's timer while the sender waits for it."""
+    instead of waiting for Nagle's timer while the sender waits for it.
+
+    A connection becomes an association (a pynetdicom thread, counted by ``maximum_associations``) only once its
+    A-ASSOCIATE-RQ has arrived within ``request_timeout_s``; until then it waits in its own thread, and one host
+    may have at most ``max_waiting_per_peer`` connections waiting (0: no limit)."""
+
+    request_timeout_s: float = 5.0
+    max_waiting_per_peer: int = 0
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+    def _waiting(self) -> dict[str, int]:
+        return self.__dict__.setdefault("_waiting_by_host", {})  # type: ignore[no-any-return]
+
+    def process_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int] | str
+    ) -> None:
+        """In the accepting thread: count the connection against its host's waiting ones, or close it at once."""
+        host = _host_of(client_address)
+        with _WAITING_LOCK:
+            waiting = self._waiting().get(host, 0)
+            admitted = not self.max_waiting_per_peer or waiting < self.max_waiting_per_peer
+            if admitted:
+                self._waiting()[host] = waiting + 1
+        if not admitted:
+            _note(host, "refused: dicom.max_associations_per_peer connections from it already wait to associate")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._done_waiting(host)
+            raise
+
+    def _done_waiting(self, host: str) -> None:
+        with _WAITING_LOCK:
+            left = self._waiting().get(host, 1) - 1
+            if left > 0:
+                self._waiting()[host] = left
+            else:
+                self._waiting().pop(host, None)
+
+    def process_request_thread(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int] | str
+    ) -> None:
+        host = _host_of(client_address)
+        try:
+            ready = self._before_association(request, host)  # type: ignore[arg-type]
+        finally:
+            self._done_waiting(host)
+        if not ready:
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+    def _before_association(self, connection: socket.socket, host: str) -> bool:
+        """Whether the connection may become an association: its A-ASSOCIATE-RQ is here."""
+        why_not = _await_request(connection, self.request_timeout_s)
+        if why_not:
+            _note(host, why_not)
+        return why_not is None
 
 
 class TLSAssociationServer(NoDelayAssociationServer):
@@ -122,22 +296,21 @@ class TLSAssociationServer(NoDelayAssociationServer):
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False), address
 
-    def process_request_thread(
-        self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int] | str
-    ) -> None:
-        if not isinstance(request, ssl.SSLSocket):  # get_request above makes every request one
-            raise TypeError(f"expected a TLS socket, got {type(request).__name__}")
-        host = client_address[0] if isinstance(client_address, tuple) else client_address
+    def _before_association(self, connection: socket.socket, host: str) -> bool:
+        """The handshake, then (as for plain connections) the wait for the A-ASSOCIATE-RQ."""
+        if not isinstance(connection, ssl.SSLSocket):  # get_request above makes every request one
+            raise TypeError(f"expected a TLS socket, got {type(connection).__name__}")
         try:
-            request.settimeout(self.handshake_timeout_s)
-            request.do_handshake()
-            request.settimeout(None)
+            connection.settimeout(self.handshake_timeout_s)
+            connection.do_handshake()
+            connection.settimeout(None)
         except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
             log.warning("TLS handshake with %s failed: %s", host, _handshake_failure(exc))
-            self.shutdown_request(request)
-            return
-        log.debug("TLS from %s: %s, %s, client %s", host, request.version(), request.cipher(), _subject(request))
-        super().process_request_thread(request, client_address)
+            return False
+        log.debug(
+            "TLS from %s: %s, %s, client %s", host, connection.version(), connection.cipher(), _subject(connection)
+        )
+        return super()._before_association(connection, host)
 
 
 #: OpenSSL's reasons for the usual failed handshakes, said for the person reading the log.
@@ -237,6 +410,7 @@ class Receiver:
         see :attr:`port` and :attr:`tls_port`)."""
         # The standard handlers log every PDU and DIMSE message; they cost time on each instance.
         _config.LOG_HANDLER_LEVEL = "none"
+        PeerNoiseFilter.install()  # garbage from a peer: one line, no traceback
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -262,6 +436,9 @@ class Receiver:
             server.handshake_timeout_s = self.dicom.acse_timeout_s  # type: ignore[attr-defined]
         else:
             server = self.ae.make_server(address, evt_handlers=handlers, server_class=self.server_class)
+        if isinstance(server, NoDelayAssociationServer):
+            server.request_timeout_s = self.dicom.association_request_timeout_s
+            server.max_waiting_per_peer = self.dicom.max_associations_per_peer
         self.ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() stops it too
         name = "codebrain-scp" if kind == "plain" else "codebrain-scp-tls"
         thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
@@ -293,12 +470,17 @@ class Receiver:
         requestor = event.assoc.requestor
         # pynetdicom fills requestor.ae_title only during negotiation, which comes after this event.
         calling = (requestor.primitive.calling_ae_title or "").strip()
+        called = (requestor.primitive.called_ae_title or "").strip()
         host = requestor.address
         reason = None
         if not self.dicom.accept_unknown_callers and calling not in self.dicom.allowed_callers:
             reason, rejection = "calling AE title not recognised", REJECT_UNKNOWN_CALLER
+        elif not self.dicom.accept_any_called_ae_title and called != self.dicom.ae_title.strip():
+            reason, rejection = "called AE title not recognised", REJECT_WRONG_CALLED
         elif self.dicom.allowed_hosts and host not in self.dicom.allowed_hosts:
             reason, rejection = "host not allowed", REJECT_HOST
+        elif self._associations_from(host) > self.dicom.max_associations_per_peer:
+            reason, rejection = "more than dicom.max_associations_per_peer from this host", REJECT_PEER_LIMIT
         elif not self.spool.has_room():
             reason, rejection = "free disk below dicom.min_free_disk_mb", REJECT_LOW_DISK
         if reason is None:
@@ -314,6 +496,10 @@ class Receiver:
         event.assoc.acse.send_reject(*rejection)
         # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is out before the socket closes.
         event.assoc.kill()
+
+    def _associations_from(self, host: str) -> int:
+        """Associations (this one included) whose peer is ``host``."""
+        return sum(1 for assoc in self.ae.active_associations if assoc.is_acceptor and assoc.requestor.address == host)
 
     def _on_limit_rejected(self, event: Event) -> None:
         """pynetdicom's own rejection (ours, above, do not raise this event): more than max_associations at once."""
