@@ -20,11 +20,13 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 from pydicom import config as pydicom_config
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
@@ -324,6 +326,139 @@ def unusable_reason(dataset: bytes, transfer_syntax_uid: str) -> tuple[int, str]
     return None
 
 
+@dataclass(frozen=True)
+class InstanceLimits:
+    """What one received instance may cost the node (``dicom.max_inflated_mb``, ``max_sequence_depth``,
+    ``max_element_mb``). Beyond them it is refused (PS3.4 B.2.3; PS3.7 C, status classes): 0xA700 "Refused: Out
+    of Resources" for a dataset that inflates past the bound or an element longer than allowed (what it would take
+    to hold), 0xC000 "Error: Cannot understand" for sequences nested deeper than we parse."""
+
+    max_inflated_bytes: int = 64 * 1024 * 1024
+    max_sequence_depth: int = 16
+    max_element_bytes: int = 512 * 1024 * 1024
+
+
+#: How much a deflated dataset is inflated at a time while its size is bounded.
+_INFLATE_CHUNK = 1 << 20
+
+
+def inflate_bounded(dataset: bytes, limit: int) -> bytes:
+    """A Deflated Explicit VR Little Endian dataset (PS3.5 A.5: raw deflate, no zlib header) inflated, stopping as
+    soon as the output would pass ``limit`` bytes: a 400 KB deflate bomb costs ``limit``, not the hundreds of MB it
+    inflates to. Raises :class:`HeaderError` 0xA700 past the limit, 0xC000 for bytes that are not deflate."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    parts: list[bytes] = []
+    size = 0
+    pending = dataset
+    try:
+        while True:
+            part = inflater.decompress(pending, min(_INFLATE_CHUNK, limit + 1 - size))
+            size += len(part)
+            parts.append(part)
+            if size > limit:
+                raise HeaderError(OUT_OF_RESOURCES, f"deflated dataset inflates past {limit} bytes")
+            pending = inflater.unconsumed_tail
+            if not pending:
+                break
+        tail = inflater.flush()
+    except zlib.error:
+        raise HeaderError(CANNOT_UNDERSTAND, "deflated dataset is not valid deflate data") from None
+    if size + len(tail) > limit:
+        raise HeaderError(OUT_OF_RESOURCES, f"deflated dataset inflates past {limit} bytes")
+    parts.append(tail)
+    return b"".join(parts)
+
+
+_ITEM_TAG_BYTES = b"\xfe\xff\x00\xe0"
+
+
+def _is_implicit_sequence(tag: int) -> bool:
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return False
+
+
+def cost_reason(dataset: bytes, transfer_syntax_uid: str, limits: InstanceLimits) -> tuple[int, str] | None:
+    """Why an instance costs more than ``limits`` allow, with the status to answer, or None.
+
+    Walks every element header, nested sequences and items included (defined and undefined lengths, PS3.5 7.5),
+    without decoding a value, before pydicom ever sees the dataset: a 3,000-deep nesting is refused after
+    ``max_sequence_depth`` levels instead of costing seconds of CPU in pydicom's recursive reader (on receipt and
+    again at every read of its series). A syntax it does not walk (big endian) or a walk it cannot finish (a
+    truncation, an invalid VR: :func:`incomplete_reason`'s and pydicom's business) refuses nothing.
+    """
+    if not _walkable(transfer_syntax_uid):  # deflated: called on its inflated bytes, as explicit little endian
+        return None
+    explicit = transfer_syntax_uid != ImplicitVRLittleEndian
+    position, end, depth = 0, len(dataset), 0
+    #: open containers: (is a sequence, end offset or -1 for undefined length)
+    stack: list[tuple[bool, int]] = []
+    try:
+        while True:
+            while stack and stack[-1][1] != -1 and position >= stack[-1][1]:
+                if stack.pop()[0]:
+                    depth -= 1
+            if position >= end:
+                return None  # whole, or cut inside a container: incomplete_reason's business
+            if position + 8 > end:
+                raise _Truncated("dataset ends inside an element header")
+            group, element = _TAG.unpack_from(dataset, position)
+            tag = (group << 16) | element
+            if stack and stack[-1][0]:  # inside a sequence: items and its delimiter
+                (length,) = _LONG.unpack_from(dataset, position + 4)
+                position += 8
+                if tag == _SEQUENCE_DELIMITER:
+                    stack.pop()
+                    depth -= 1
+                elif tag != _ITEM:
+                    raise _Unwalkable
+                else:
+                    stack.append((False, -1 if length == UNDEFINED_LENGTH else position + length))
+                continue
+            if tag == _ITEM_DELIMITER and stack:
+                position += 8
+                stack.pop()
+                continue
+            start, length = _element_header(dataset, position, explicit)
+            if tag == _PIXEL_DATA and length == UNDEFINED_LENGTH:  # encapsulated: fragments, not datasets
+                position = _past_fragments(dataset, start)
+                continue
+            sequence = length == UNDEFINED_LENGTH or (
+                dataset[position + 4 : position + 6] == b"SQ"
+                if explicit
+                else dataset[start : start + 4] == _ITEM_TAG_BYTES and _is_implicit_sequence(tag)
+            )
+            if sequence:
+                depth += 1
+                if depth > limits.max_sequence_depth:
+                    return CANNOT_UNDERSTAND, f"sequences nested deeper than {limits.max_sequence_depth} levels"
+                stack.append((True, -1 if length == UNDEFINED_LENGTH else start + length))
+                position = start
+                continue
+            if length > limits.max_element_bytes:
+                return OUT_OF_RESOURCES, f"element ({group:04X},{element:04X}) of {length} bytes"
+            position = start + length
+    except (_Truncated, _Unwalkable):
+        return None
+
+
+def _past_fragments(dataset: bytes, position: int) -> int:
+    """The offset past the sequence delimiter of encapsulated pixel data whose items start at ``position``."""
+    end = len(dataset)
+    while position + 8 <= end:
+        group, element = _TAG.unpack_from(dataset, position)
+        (length,) = _LONG.unpack_from(dataset, position + 4)
+        position += 8
+        tag = (group << 16) | element
+        if tag == _SEQUENCE_DELIMITER:
+            return position
+        if tag != _ITEM or length == UNDEFINED_LENGTH:
+            raise _Unwalkable
+        position += length
+    raise _Truncated("dataset ends inside encapsulated pixel data")
+
+
 def _is_compressed_le(transfer_syntax_uid: str) -> bool:
     """Encapsulated syntaxes encode the dataset in explicit VR little endian; only the pixel data differs."""
     uid = UID(transfer_syntax_uid)
@@ -376,8 +511,8 @@ def read_dataset_header(dataset: bytes, transfer_syntax_uid: str) -> Header:
 
     def parse() -> Dataset:
         stream = dataset
-        if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
-            stream = zlib.decompress(dataset, -zlib.MAX_WBITS)
+        if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:  # the receiver passes it inflated, bounded
+            stream = inflate_bounded(dataset, InstanceLimits().max_inflated_bytes)
         return read_dataset(
             BytesIO(stream),
             is_implicit_VR=transfer_syntax_uid == ImplicitVRLittleEndian,

@@ -42,7 +42,7 @@ from codebrain_node.db.lifecycle import audit, reopen_if_settled
 from codebrain_node.db.models import Association, Instance, Series, Study, as_utc
 from codebrain_node.db.session import transaction
 from codebrain_node.receive.associations import AssociationEnded, AssociationEvent, AssociationOpened
-from codebrain_node.receive.spool import HeaderError, ReceivedInstance, Spool, describe_file
+from codebrain_node.receive.spool import HeaderError, InstanceConflict, ReceivedInstance, Spool, describe_file
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
     reopened: set[str] = set()
     new_rows = 0
     for item in instances:
+        if item.sop_instance_uid in known:
+            # recorded already (here or, for a node sharing the spool, in another series): no study or series row
+            # is made for it, which would stay empty
+            continue
         study = studies.get(item.study_uid)
         if study is None:
             study = Study(
@@ -108,8 +112,6 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
             )
             session.add(series)
             series_rows[item.series_uid] = series
-        if item.sop_instance_uid in known:
-            continue
         known.add(item.sop_instance_uid)
         session.add(
             Instance(
@@ -150,9 +152,22 @@ def _association_id(associations: dict[str, Association], item: ReceivedInstance
     return association.id
 
 
-def record_association(session: Session, event: AssociationEvent) -> None:
-    """Open or close one association's row."""
-    if isinstance(event, AssociationOpened):
+def record_association(session: Session, event: AssociationEvent | InstanceConflict) -> None:
+    """Open or close one association's row, or audit a conflicting SOP Instance UID."""
+    if isinstance(event, InstanceConflict):
+        study = session.scalars(select(Study).where(Study.study_instance_uid == event.study_uid)).first()
+        audit(
+            session,
+            ACTOR,
+            "instance:conflict",
+            study,
+            sop_instance_uid=event.sop_instance_uid,
+            series_instance_uid=event.series_uid,
+            study_instance_uid=event.study_uid,
+            reason=event.reason,
+            calling_ae_title=event.calling_ae_title,
+        )
+    elif isinstance(event, AssociationOpened):
         open_association(
             session,
             event.key,
@@ -253,7 +268,7 @@ def record_batch(factory: sessionmaker[Session], items: Sequence[ReceivedInstanc
     return 0
 
 
-Item = ReceivedInstance | AssociationEvent
+Item = ReceivedInstance | AssociationEvent | InstanceConflict
 
 
 def record_each(factory: sessionmaker[Session], items: Sequence[Item]) -> tuple[int, list[tuple[Item, Exception]]]:
@@ -345,7 +360,7 @@ class Recorder:
         self._thread.start()
         return self
 
-    def submit(self, item: ReceivedInstance | AssociationEvent) -> None:
+    def submit(self, item: ReceivedInstance | AssociationEvent | InstanceConflict) -> None:
         """Hand over one durable instance or association event; returns at once (called on the association
         thread)."""
         with self._idle:
@@ -401,6 +416,8 @@ class Recorder:
 def _name(item: Item) -> str:
     if isinstance(item, ReceivedInstance):
         return f"sop={item.sop_instance_uid}; it stays in incoming/"
+    if isinstance(item, InstanceConflict):
+        return f"the conflict of sop={item.sop_instance_uid} (logged when received)"
     return f"an event of association {item.key[:8]}"
 
 

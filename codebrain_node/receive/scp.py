@@ -75,7 +75,7 @@ from codebrain_node.receive.associations import (
     AssociationOpened,
     new_association_key,
 )
-from codebrain_node.receive.spool import CANNOT_UNDERSTAND, ReceivedInstance, Spool
+from codebrain_node.receive.spool import CANNOT_UNDERSTAND, InstanceConflict, ReceivedInstance, Spool
 from codebrain_node.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -359,12 +359,15 @@ class Receiver:
         on_stored: Callable[[ReceivedInstance], None],
         *,
         on_association: Callable[[AssociationEvent], None] | None = None,
+        on_conflict: Callable[[InstanceConflict], None] | None = None,
         server_class: type[ThreadedAssociationServer] = NoDelayAssociationServer,
     ) -> None:
         self.dicom = dicom
         self.spool = spool
         self.on_stored = on_stored
         self.on_association = on_association
+        #: Gets each SOP Instance UID received again with other content or in another series (the recorder audits).
+        self.on_conflict = on_conflict
         self.server_class = server_class
         self.identity = receiver_identity()
         self.stats = ReceiverStats()
@@ -573,6 +576,8 @@ class Receiver:
         metrics.count_store(outcome.status, stored_bytes, outcome.duplicate)
         if outcome.instance is not None:
             self.on_stored(replace(outcome.instance, association_key=self._key_of(event.assoc)))
+        if outcome.conflict is not None and self.on_conflict is not None:
+            self.on_conflict(outcome.conflict)
         return outcome.status
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from codebrain_node.config import Settings
 from codebrain_node.receive.recorder import Recorder, recover_spool
 from codebrain_node.receive.scp import Receiver, receiver_tls_context
-from codebrain_node.receive.spool import Spool
+from codebrain_node.receive.spool import Spool, instance_limits
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,10 @@ def start_receive_service(settings: Settings, factory: sessionmaker[Session]) ->
     """Recover what a previous run acknowledged but did not record, then accept associations. A TLS certificate or
     key that cannot be used raises :class:`~codebrain_node.tls.TLSFileError` first, before anything has started."""
     receiver_tls_context(settings.dicom)
-    spool = Spool(settings.paths.data_dir, settings.dicom.min_free_disk_mb)
+    spool = Spool(settings.paths.data_dir, settings.dicom.min_free_disk_mb, instance_limits(settings.dicom))
     recover_spool(factory, spool)
     recorder = Recorder(factory, spool=spool).start()  # what the database refuses is quarantined at once
-    receiver = Receiver(settings.dicom, spool, recorder.submit, on_association=recorder.submit).start()
+    receiver = Receiver(
+        settings.dicom, spool, recorder.submit, on_association=recorder.submit, on_conflict=recorder.submit
+    ).start()
     return ReceiveService(spool=spool, recorder=recorder, receiver=receiver)

@@ -8,7 +8,10 @@ earlier point leaves at most a file in ``tmp/``, which :meth:`Spool.clean_tmp` r
 never appears in ``incoming/``.
 
 A second copy of an SOP Instance UID that is already spooled is answered with success and not written again
-(idempotent: the first file is kept). The spool knows nothing of the network or the database: it returns a
+(idempotent: the first file is kept); one whose bytes differ from the first's is answered the same, the first kept,
+and reported as an :class:`InstanceConflict` (logged, audited by the recorder). The same SOP Instance UID under
+another study or series is refused (0xC000) and reported alike: it could never be recorded (a SOP Instance UID is
+one row). The spool knows nothing of the network or the database: it returns a
 :class:`StoreOutcome` with the DIMSE status to answer and, when something new was stored, the
 :class:`ReceivedInstance` the recorder will file in the database.
 """
@@ -18,12 +21,15 @@ from __future__ import annotations
 import logging
 import shutil
 import struct
+import threading
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from codebrain_node.config import DicomSettings
 from codebrain_node.durable import write_durably
 from codebrain_node.receive.header import (
     CANNOT_UNDERSTAND,
@@ -32,8 +38,11 @@ from codebrain_node.receive.header import (
     SUCCESS,
     Header,
     HeaderError,
+    InstanceLimits,
+    cost_reason,
     filing_uids,
     incomplete_reason,
+    inflate_bounded,
     integer,
     read_dataset_header,
     read_file_header,
@@ -76,11 +85,25 @@ class ReceivedInstance:
 
 
 @dataclass(frozen=True)
+class InstanceConflict:
+    """A SOP Instance UID received again with other content, or under another study or series: the first copy
+    is kept; the recorder audits this (``instance:conflict``). No patient data."""
+
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    reason: str
+    calling_ae_title: str | None = None
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
 class StoreOutcome:
     status: int
     #: Set when a new file was stored; None for failures and for duplicates.
     instance: ReceivedInstance | None = None
     duplicate: bool = False
+    conflict: InstanceConflict | None = None
 
 
 def _element(element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
@@ -140,13 +163,20 @@ def describe(
 class Spool:
     """``incoming/`` and ``tmp/`` under the data directory; thread-safe (every store uses its own temp name)."""
 
-    def __init__(self, data_dir: Path, min_free_disk_mb: int = 0) -> None:
+    def __init__(self, data_dir: Path, min_free_disk_mb: int = 0, limits: InstanceLimits | None = None) -> None:
         self.data_dir = Path(data_dir)
+        #: What one instance may cost (inflated size, nesting depth, element length); beyond, it is refused.
+        self.limits = limits or InstanceLimits()
         self.incoming = self.data_dir / "incoming"
         self.tmp = self.data_dir / "tmp"
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        #: Where each spooled SOP Instance UID lies (one walk at start, as recovery's): a UID re-used in another
+        #: series is found without a search. Nodes sharing the folder see each other's files only at their start;
+        #: the recorder keeps such an instance out of the database as well.
+        self._held: dict[str, Path] = {path.stem: path for path in self.incoming.glob("*/*/*.dcm")}
+        self._held_lock = threading.Lock()
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         return self.incoming / study_uid / series_uid / f"{sop_instance_uid}.dcm"
@@ -194,9 +224,15 @@ class Spool:
             log.warning("store refused: free disk below watermark (sop=%s)", sop_instance_uid)
             return StoreOutcome(OUT_OF_RESOURCES)
         try:
-            instance = describe(
-                read_dataset_header(dataset, transfer_syntax_uid), Path(), 0, transfer_syntax_uid, calling_ae_title
-            )
+            # bounded before anything parses it: a deflate bomb or a 3,000-deep nesting costs the limits, no more
+            readable, syntax = dataset, transfer_syntax_uid
+            if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+                readable, syntax = inflate_bounded(dataset, self.limits.max_inflated_bytes), ExplicitVRLittleEndian
+            costly = cost_reason(readable, syntax, self.limits)
+            if costly is not None:
+                raise HeaderError(*costly)
+            instance = describe(read_dataset_header(readable, syntax), Path(), 0, transfer_syntax_uid, calling_ae_title)
+            del readable
         except HeaderError as exc:
             log.warning(
                 "store failed 0x%04X: %s (sop=%s, from %s)", exc.status, exc, sop_instance_uid, calling_ae_title
@@ -219,9 +255,19 @@ class Spool:
             )
             return StoreOutcome(DATASET_DOES_NOT_MATCH_SOP_CLASS)
         final = self.path_for(instance.study_uid, instance.series_uid, instance.sop_instance_uid)
+        with self._held_lock:
+            held = self._held.get(sop_instance_uid)
+        if held is not None and held != final and held.exists():
+            reason = "SOP Instance UID already stored in another study or series"
+            log.warning("store failed 0xC000: %s (sop=%s, from %s)", reason, sop_instance_uid, calling_ae_title)
+            return StoreOutcome(CANNOT_UNDERSTAND, conflict=self._conflict(instance, reason, calling_ae_title))
         if final.exists():
-            log.debug("duplicate sop=%s: already spooled, answered success", sop_instance_uid)
-            return StoreOutcome(SUCCESS, duplicate=True)
+            if _dataset_of(final) == dataset:
+                log.debug("duplicate sop=%s: already spooled, answered success", sop_instance_uid)
+                return StoreOutcome(SUCCESS, duplicate=True)
+            reason = "received again with different content; the first copy is kept"
+            log.warning("duplicate sop=%s %s (from %s)", sop_instance_uid, reason, calling_ae_title)
+            return StoreOutcome(SUCCESS, duplicate=True, conflict=self._conflict(instance, reason, calling_ae_title))
         file_header = encode_file_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, calling_ae_title or "")
         try:
             # the partial file lives in tmp/ so a crash leaves nothing half-written under incoming/
@@ -229,8 +275,38 @@ class Spool:
         except OSError as exc:
             log.error("store failed 0xA700: cannot write (sop=%s): %s", sop_instance_uid, exc.strerror or exc)
             return StoreOutcome(OUT_OF_RESOURCES)
+        with self._held_lock:
+            self._held[sop_instance_uid] = final
         size = len(file_header) + len(dataset)
         return StoreOutcome(SUCCESS, instance=replace(instance, path=final, size_bytes=size))
+
+    @staticmethod
+    def _conflict(instance: ReceivedInstance, reason: str, calling_ae_title: str | None) -> InstanceConflict:
+        return InstanceConflict(
+            instance.sop_instance_uid, instance.study_uid, instance.series_uid, reason, calling_ae_title
+        )
+
+
+def _dataset_of(path: Path) -> bytes | None:
+    """A spooled file's dataset bytes (what follows its File Meta group), as the peer sent them."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    return data[144 + int.from_bytes(data[140:144], "little") :]
+
+
+def instance_limits(dicom: DicomSettings) -> InstanceLimits:
+    """The spool's :class:`InstanceLimits` from ``dicom.max_inflated_mb`` / ``max_sequence_depth`` /
+    ``max_element_mb``."""
+    mib = 1024 * 1024
+    return InstanceLimits(
+        max_inflated_bytes=dicom.max_inflated_mb * mib,
+        max_sequence_depth=dicom.max_sequence_depth,
+        max_element_bytes=dicom.max_element_mb * mib,
+    )
 
 
 def describe_file(path: Path) -> ReceivedInstance:
