@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from codebrain_node.config import DicomDestinationSettings, Settings
@@ -118,13 +118,17 @@ class DicomDestination(Destination[DicomDestinationSettings]):
             context = self.tls_context()
         except TLSFileError as exc:
             raise DeliveryError(f"{where}: {exc}") from None
+        connected: list[bool] = []  # pynetdicom calls a refused TCP connect "aborted"; the peer never answered
+        handlers = [(evt.EVT_CONN_OPEN, lambda event: connected.append(True))]
         if context is not None and self.tls is not None:
             where += " (TLS)"
             tls_args = (context, self.tls.tls_server_name or self.host)
-            assoc = ae.associate(self.host, self.port, ae_title=self.ae_title, tls_args=tls_args)
+            assoc = ae.associate(self.host, self.port, ae_title=self.ae_title, tls_args=tls_args, evt_handlers=handlers)
         else:
-            assoc = ae.associate(self.host, self.port, ae_title=self.ae_title)
+            assoc = ae.associate(self.host, self.port, ae_title=self.ae_title, evt_handlers=handlers)
         if not assoc.is_established:
+            if not connected and context is None:  # over TLS a failed handshake looks the same: told below
+                raise DeliveryError(f"{where}: unreachable (connection refused, or no route to the host)")
             state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
             if context is not None and not assoc.is_rejected:  # pynetdicom logs the TLS reason, but keeps it
                 state += " (no connection, a failed TLS handshake or our certificate refused: see the log)"
