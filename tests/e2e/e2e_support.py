@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -254,13 +254,25 @@ def wait_for_dicom_port(port: int, calling_ae: str = SCANNER_AE, timeout_s: floa
 class StoreSCP:
     """DCMTK storescp as a PACS: every received instance in its own uniquely named file (duplicates show)."""
 
-    def __init__(self, folder: Path, port: int, ae_title: str = "PACS") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int,
+        ae_title: str = "PACS",
+        options: Sequence[str] = (),
+        ready: Callable[[StoreSCP], None] | None = None,
+    ) -> None:
+        """``options`` go to storescp before the port (its TLS mode, say); ``ready`` waits until it listens (by
+        default a C-ECHO, which a TLS-only storescp cannot answer)."""
         require(STORESCP, "DCMTK storescp")
         self.folder, self.port, self.ae_title = folder, port, ae_title
         folder.mkdir(parents=True, exist_ok=True)
-        command = [str(STORESCP), "-aet", ae_title, "-od", str(folder), "--unique-filenames", str(port)]
+        command = [str(STORESCP), "-aet", ae_title, "-od", str(folder), "--unique-filenames", *options, str(port)]
         self.process = subprocess.Popen(command, env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for_dicom_port(port, "PROBE", timeout_s=20)
+        if ready is None:
+            wait_for_dicom_port(port, "PROBE", timeout_s=20)
+        else:
+            ready(self)
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())

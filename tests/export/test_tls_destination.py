@@ -7,8 +7,7 @@ made per test (``tests/tls_fixtures.py``); no key is committed. Tests skip when 
 
 from __future__ import annotations
 
-import os
-import subprocess
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,8 @@ from codebrain_node.config import ConfigError, Settings, effective_items, load_s
 from codebrain_node.db.models import Export, ExportStatus, Study, StudyState
 from codebrain_node.export.dispatch import build_destinations, run_due_exports
 from codebrain_node.node.serve import check_tls_files
-from tests.dicom_fixtures import STORESCP, free_port
+from tests.dicom_fixtures import free_port
+from tests.e2e.e2e_support import StoreSCP
 from tests.export.conftest import ApprovedStudy
 from tests.tls_fixtures import PKI, make_pki
 
@@ -34,55 +34,34 @@ def pki(tmp_path: Path) -> PKI:
     return make_pki(tmp_path / "pki")
 
 
-class TLSStoreSCP:
-    """DCMTK storescp listening with TLS only; every received instance in its own file."""
-
-    def __init__(self, folder: Path, pki: PKI, *extra: str) -> None:
-        if not STORESCP.exists():
-            pytest.skip(f"DCMTK storescp ({STORESCP}) is not installed")
-        self.folder, self.port = folder, free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        tls = ["+tls", str(pki.server.private_key), str(pki.server.certificate), "+cf", str(pki.ca), *extra]
-        command = [str(STORESCP), "-aet", PACS_AE, "-od", str(folder), "--unique-filenames", *tls, str(self.port)]
-        self.process = subprocess.Popen(
-            command, env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self._wait_listening()
-
-    def _wait_listening(self, timeout_s: float = 20.0) -> None:
-        import socket
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"storescp exited: {self.process.stderr.read().decode() if self.process.stderr else ''}"
-                )
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("storescp did not listen")
-
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
-
-    def stop(self) -> None:
-        self.process.terminate()
+def _listening(server: StoreSCP, timeout_s: float = 20.0) -> None:
+    """A TCP connect succeeds (no C-ECHO: that would need TLS), or storescp has exited: say why."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"storescp exited: {server.process.stderr.read().decode() if server.process.stderr else ''}"
+            )
         try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("storescp did not listen")
+
+
+def tls_storescp(folder: Path, pki: PKI, *extra: str) -> StoreSCP:
+    """DCMTK storescp listening with TLS only; every received instance in its own file."""
+    tls = ["+tls", str(pki.server.private_key), str(pki.server.certificate), "+cf", str(pki.ca), *extra]
+    return StoreSCP(folder, free_port(), PACS_AE, options=tls, ready=_listening)
 
 
 @pytest.fixture
-def tls_pacs(tmp_path: Path, pki: PKI) -> Iterator[Callable[..., TLSStoreSCP]]:
-    started: list[TLSStoreSCP] = []
+def tls_pacs(tmp_path: Path, pki: PKI) -> Iterator[Callable[..., StoreSCP]]:
+    started: list[StoreSCP] = []
 
-    def start(*extra: str) -> TLSStoreSCP:
-        server = TLSStoreSCP(tmp_path / f"pacs{len(started)}", pki, *extra)
+    def start(*extra: str) -> StoreSCP:
+        server = tls_storescp(tmp_path / f"pacs{len(started)}", pki, *extra)
         started.append(server)
         return server
 
