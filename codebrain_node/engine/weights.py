@@ -21,7 +21,7 @@ from codebrain_node.resources import weights_dir
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = weights_dir()
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "codebrain-brats.safetensors"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "codebrain-brats-small.safetensors"
 CHECKSUMS = WEIGHTS_DIR / "SHA256SUMS"
 
 

@@ -74,6 +74,6 @@ def test_the_shipped_checkpoint_matches_its_checksum_and_runs() -> None:
     available = torch.tensor([[True, False, True, True]])
     out = loaded.network.impute(images, available)
     assert out.images.shape == (1, 4, 64, 64)
-    # 0.2.0 ships without the confidence output: on held-out real cases it did not rank the errors (model card)
+    # shipped without the confidence output: on held-out real cases it did not rank the errors (model card)
     assert not loaded.network.cfg.confidence and out.confidence is None
     assert torch.equal(out.images[:, [0, 2, 3]], images[:, [0, 2, 3]])

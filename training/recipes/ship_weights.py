@@ -26,6 +26,7 @@ def ship(run_dir: Path, name: str, version: str, confidence: bool = True) -> Pat
     model.load_state_dict(trained.state_dict())
     target = WEIGHTS_DIR / f"codebrain-{name}.safetensors"
     save_inference_checkpoint(model, target, {"model_name": f"codebrain-{name}", "model_version": version}, half=True)
+    target.chmod(0o644)  # a package file: readable by the service user, whoever built it
     lines = [
         line for line in (CHECKSUMS.read_text().splitlines() if CHECKSUMS.exists() else []) if target.name not in line
     ]
