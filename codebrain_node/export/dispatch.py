@@ -279,7 +279,7 @@ def run_due_exports(
         _settle(factory, export_id, error, settings, now)
         sent += error is None
     for study_id in touched_studies:
-        _settle_study(factory, study_id)
+        _settle_study(factory, study_id, settings, now)
     return sent
 
 
@@ -431,10 +431,13 @@ def _settle(factory: sessionmaker[Session], export_id: int, error: str | None, s
         )
 
 
-def _settle_study(factory: sessionmaker[Session], study_id: int) -> None:
+def _settle_study(factory: sessionmaker[Session], study_id: int, settings: Settings, now: Clock) -> None:
     with transaction(factory) as session:
         study = session.get(Study, study_id)
         if study is None or StudyState(study.state) is not StudyState.APPROVED:
+            return
+        # approved after this round began (its rows not yet made): not exported before its new series are sent
+        if schedule_exports(session, study, settings, now=now):
             return
         statuses = list(
             session.scalars(
