@@ -82,6 +82,6 @@ def main() -> None:
 
 # Each group registers its commands on ``app`` when imported (after ``app`` exists, hence here at the bottom); this
 # order is the order ``--help`` lists them in. A new command group is a new module in this folder, named here.
-_GROUPS = ("node", "classify", "model", "config", "db", "bench", "worklist", "export")
+_GROUPS = ("node", "classify", "model", "dicomize", "config", "db", "bench", "worklist", "export")
 for _group in _GROUPS:
     importlib.import_module(f"{__name__}.{_group}")

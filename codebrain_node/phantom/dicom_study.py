@@ -7,6 +7,11 @@ ImageOrientationPatient, PixelSpacing, SliceThickness, SpacingBetweenSlices). Pe
 matrix, orientation or slice thickness (the volume is then resampled onto that acquisition grid) and may leave
 contrasts out, to build the incomplete studies the node exists for. Patient and study attributes are fake and
 deterministic for a seed; all series share one FrameOfReferenceUID, because the case is co-registered.
+
+A series may also keep its volume's own grid whatever its orientation (``SeriesLayout("source")``): that is how
+``codebrain-node dicomize`` writes acquired NIfTI series, oblique and thick-sliced, as a scanner sent them. The
+vendor (``manufacturer``) decides the header conventions of :data:`VENDOR_STYLES`: Manufacturer, the
+SeriesDescription/ProtocolName pattern, SequenceName, ImageType values 3 and up, SoftwareVersions; nothing private.
 """
 
 from __future__ import annotations
@@ -37,6 +42,74 @@ _VENDORS = {
     "GE MEDICAL SYSTEMS": ("DISCOVERY MR750", "SIGNA HDxt"),
     "Philips Medical Systems": ("Ingenia", "Achieva"),
 }
+
+
+@dataclass(frozen=True)
+class VendorStyle:
+    """How one vendor fills the standard (non-private) attributes that differ between scanners.
+
+    ``image_type`` gives ImageType (0008,0008) values 3 and up per sequence kind (PS3.3 C.8.3.1.1.1 leaves them to
+    the implementation: Siemens ``M\\ND\\NORM``, GE ``OTHER``, Philips ``M_SE\\M\\SE``); ``sequence_names``
+    the SequenceName (0018,0024) per (contrast, kind), the vendor's pulse sequence as its console shows it;
+    ``protocol_name`` None means ProtocolName repeats SeriesDescription (Siemens, Philips), GE writes the exam
+    protocol there.
+    """
+
+    image_type: dict[str, tuple[str, ...]]
+    sequence_names: dict[tuple[Contrast, str], str]
+    software_versions: str | tuple[str, ...]
+    station_name: str
+    protocol_name: str | None = None
+
+
+VENDOR_STYLES: dict[str, VendorStyle] = {
+    "SIEMENS": VendorStyle(
+        image_type={kind: ("M", "ND", "NORM") for kind in ("SE", "IR", "GRE3D")},
+        sequence_names={
+            (Contrast.T1, "SE"): "*se2d1",
+            (Contrast.T1GD, "SE"): "*se2d1",
+            (Contrast.T2, "SE"): "*tse2d1_15",
+            (Contrast.PD, "SE"): "*tse2d1_7",
+            (Contrast.FLAIR, "IR"): "*tir2d1_16",
+            (Contrast.T1, "GRE3D"): "*fl3d1",
+            (Contrast.T1GD, "GRE3D"): "*fl3d1",
+        },
+        software_versions="syngo MR E11",
+        station_name="MRC35104",
+    ),
+    "GE MEDICAL SYSTEMS": VendorStyle(
+        image_type={kind: ("OTHER",) for kind in ("SE", "IR", "GRE3D")},
+        sequence_names={
+            (Contrast.T1, "SE"): "memp",
+            (Contrast.T1GD, "SE"): "memp",
+            (Contrast.T2, "SE"): "fse-xl",
+            (Contrast.PD, "SE"): "fse-xl",
+            (Contrast.FLAIR, "IR"): "fse-xl",
+            (Contrast.T1, "GRE3D"): "efgre3d",
+            (Contrast.T1GD, "GRE3D"): "efgre3d",
+        },
+        software_versions=("27", "LX", "MR Software release:DV26.0_R03"),
+        station_name="GEMR750",
+        protocol_name="BRAIN ROUTINE",
+    ),
+    "Philips Medical Systems": VendorStyle(
+        image_type={"SE": ("M_SE", "M", "SE"), "IR": ("M_IR", "M", "IR"), "GRE3D": ("M_FFE", "M", "FFE")},
+        sequence_names={
+            (Contrast.T1, "SE"): "SE",
+            (Contrast.T1GD, "SE"): "SE",
+            (Contrast.T2, "SE"): "TSE",
+            (Contrast.PD, "SE"): "TSE",
+            (Contrast.FLAIR, "IR"): "IR_TSE",
+            (Contrast.T1, "GRE3D"): "T1FFE",
+            (Contrast.T1GD, "GRE3D"): "T1FFE",
+        },
+        software_versions=("5.6.1", "5.6.1.2"),
+        station_name="PHILIPS-MR1",
+    ),
+}
+
+#: The ``--vendor`` words of ``codebrain-node dicomize``, each the Manufacturer (0008,0070) that vendor writes.
+VENDOR_NAMES = {"siemens": "SIEMENS", "ge": "GE MEDICAL SYSTEMS", "philips": "Philips Medical Systems"}
 
 #: SeriesDescription per vendor, contrast and T1 family (``SE`` / ``GRE3D``), as the vendors' protocols name them.
 _DESCRIPTIONS: dict[str, dict[tuple[Contrast, str], str]] = {
@@ -95,6 +168,7 @@ class SeriesLayout:
 
     ``matrix`` is (rows, columns); the field of view stays the source's, so the pixel spacing follows from it.
     ``slice_thickness`` sets both SliceThickness and the slice spacing (contiguous slices).
+    ``orientation="source"`` keeps the volume's own grid as it is (an acquired, possibly oblique series).
     """
 
     orientation: str = "axial"
@@ -117,25 +191,38 @@ class PatientStudy:
     accession: str
     manufacturer: str
     model: str
+    identity: str = ""
 
     @classmethod
-    def fake(cls, seed: int) -> PatientStudy:
+    def fake(cls, seed: int, manufacturer: str | None = None, identity: str = "") -> PatientStudy:
+        """Attributes drawn from ``seed``; ``manufacturer`` (a key of :data:`VENDOR_STYLES`) fixes the vendor.
+
+        ``identity`` (e.g. a case name) enters every UID, so two cases written with one seed share no UID.
+        """
         rng = np.random.default_rng(seed + 7919)
-        manufacturer = sorted(_VENDORS)[int(rng.integers(len(_VENDORS)))]
+        drawn = sorted(_VENDORS)[int(rng.integers(len(_VENDORS)))]
+        if manufacturer is not None and manufacturer not in _VENDORS:
+            raise ValueError(f"unknown manufacturer {manufacturer!r}; expected one of {sorted(_VENDORS)}")
+        manufacturer = manufacturer or drawn
         models = _VENDORS[manufacturer]
         return cls(
             patient_name=f"PHANTOM^SUBJECT{seed:05d}",
             patient_id=f"PH{seed:08d}",
             birth_date=f"19{int(rng.integers(40, 99)):02d}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
             sex="F" if rng.random() < 0.5 else "M",
-            study_uid=_uid(seed, "study"),
-            frame_of_reference_uid=_uid(seed, "frame-of-reference"),
+            study_uid=_uid(seed, *_salt(identity), "study"),
+            frame_of_reference_uid=_uid(seed, *_salt(identity), "frame-of-reference"),
             study_date=f"2024{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
             study_time=f"{int(rng.integers(7, 19)):02d}{int(rng.integers(0, 60)):02d}00",
             accession=f"A{seed:07d}",
             manufacturer=manufacturer,
             model=models[int(rng.integers(len(models)))],
+            identity=identity,
         )
+
+
+def _salt(identity: str) -> tuple[str, ...]:
+    return (identity,) if identity else ()
 
 
 def _uid(seed: int, *parts: object) -> str:
@@ -155,6 +242,18 @@ def _corners(image: sitk.Image) -> np.ndarray:
         for k in (-0.5, size[2] + 0.5)
     ]
     return np.array(points)
+
+
+#: The layout that writes a volume on its own grid, voxel for voxel.
+SOURCE = "source"
+
+
+def plane_of(image: sitk.Image) -> str:
+    """axial, coronal or sagittal: the plane whose normal is closest to the image's slice axis (an oblique
+    acquisition is named by the plane it is tilted from, as consoles do)."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    normal = np.cross(direction[:, 0], direction[:, 1])
+    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
 
 
 def acquisition_grid(source: sitk.Image, layout: SeriesLayout) -> sitk.Image:
@@ -188,6 +287,10 @@ def acquisition_grid(source: sitk.Image, layout: SeriesLayout) -> sitk.Image:
 
 
 def _keeps_source_grid(source: sitk.Image, layout: SeriesLayout) -> bool:
+    if layout.orientation == SOURCE:
+        if layout.matrix is not None or layout.slice_thickness is not None:
+            raise ValueError("orientation 'source' keeps the volume's grid: give no matrix or slice thickness")
+        return True
     row, column = PLANES[layout.orientation]
     direction = np.array(source.GetDirection()).reshape(3, 3)
     return (
@@ -249,20 +352,25 @@ def write_dicom_study(
     omit: Iterable[Contrast] = (),
     seed: int = 0,
     field_strength: float | None = None,
+    manufacturer: str | None = None,
+    default_layout: SeriesLayout | None = None,
+    identity: str = "",
 ) -> Path:
     """Write one DICOM series per contrast under ``out_dir/<NNN>_<description>/IM0001.dcm``; returns ``out_dir``.
 
-    ``layouts`` changes a series' orientation, matrix or slice thickness; ``omit`` leaves contrasts out.
+    ``layouts`` changes a series' orientation, matrix or slice thickness (``default_layout`` for the series not
+    named there: axial on the source's extent unless given); ``omit`` leaves contrasts out; ``manufacturer`` (a key
+    of :data:`VENDOR_STYLES`) fixes the vendor instead of drawing it from ``seed``; ``identity`` enters every UID.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = PatientStudy.fake(seed)
+    meta = PatientStudy.fake(seed, manufacturer, identity)
     skipped = set(omit)
     for number, (contrast, image) in enumerate(images.items(), start=1):
         if contrast in skipped:
             continue
         sequence = (sequences or {}).get(contrast, _DEFAULT_SEQUENCES[contrast])
-        layout = (layouts or {}).get(contrast, SeriesLayout())
+        layout = (layouts or {}).get(contrast, default_layout or SeriesLayout())
         volume = _on_layout(image, layout)
         array = np.rint(sitk.GetArrayFromImage(volume)).astype(np.int32)
         series = _series_dataset(meta, contrast, sequence, layout, volume, number, seed, field_strength)
@@ -293,9 +401,10 @@ def _series_dataset(
     field_strength: float | None,
 ) -> Dataset:
     ds = Dataset()
+    style = VENDOR_STYLES[meta.manufacturer]
     ds.SOPClassUID = MRImageStorage
     ds.Modality = "MR"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", *style.image_type[sequence.kind]]
     ds.PatientName = meta.patient_name
     ds.PatientID = meta.patient_id
     ds.PatientBirthDate = meta.birth_date
@@ -310,13 +419,18 @@ def _series_dataset(
     ds.ReferringPhysicianName = ""
     ds.Manufacturer = meta.manufacturer
     ds.ManufacturerModelName = meta.model
+    ds.SoftwareVersions = (
+        list(style.software_versions) if isinstance(style.software_versions, tuple) else (style.software_versions)
+    )
+    ds.StationName = style.station_name
     ds.InstitutionName = "CODEBRAIN PHANTOM HOSPITAL"
     ds.BodyPartExamined = "HEAD"
     ds.PatientPosition = "HFS"
-    ds.SeriesInstanceUID = _uid(seed, "series", contrast, number)
+    ds.SeriesInstanceUID = _uid(seed, *_salt(meta.identity), "series", contrast, number)
     ds.SeriesNumber = number * 100 + 1
-    ds.SeriesDescription = series_description(meta.manufacturer, contrast, sequence.kind, layout.orientation)
-    ds.ProtocolName = ds.SeriesDescription
+    plane = plane_of(volume) if layout.orientation == SOURCE else layout.orientation
+    ds.SeriesDescription = series_description(meta.manufacturer, contrast, sequence.kind, plane)
+    ds.ProtocolName = style.protocol_name or ds.SeriesDescription
     ds.FrameOfReferenceUID = meta.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     scanning, variant, acquisition = _SEQUENCE_CODES[sequence.kind]
@@ -324,7 +438,7 @@ def _series_dataset(
     ds.SequenceVariant = variant
     ds.ScanOptions = ["IR"] if sequence.kind == "IR" else ""
     ds.MRAcquisitionType = acquisition
-    ds.SequenceName = {"SE": "*se2d1", "IR": "*tir2d1", "GRE3D": "*fl3d1"}[sequence.kind]
+    ds.SequenceName = style.sequence_names.get((contrast, sequence.kind), sequence.kind)
     ds.RepetitionTime = f"{sequence.repetition_time:.2f}"
     ds.EchoTime = f"{sequence.echo_time:.2f}"
     if sequence.inversion_time is not None:
