@@ -140,6 +140,10 @@ class Series(Base):
     #: The series that took its place (the acquired one, or the replacement), when there is one.
     superseded_by_series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id", ondelete="SET NULL"))
     superseded_reason: Mapped[str | None] = mapped_column(String(256))
+    #: For a series this node wrote that describes another synthetic series instead of imaging a contrast (the
+    #: model's confidence as a Parametric Map, ``write/parametric_map.py``): that series. It is exported with it,
+    #: superseded and withdrawn with it, and is never a review panel or a contrast the study has of its own.
+    describes_series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series", cascade="all, delete-orphan")
