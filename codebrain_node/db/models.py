@@ -272,6 +272,57 @@ class ExportDelivery(Base):
     delivered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class CommitmentStatus(StrEnum):
+    """Where a Storage Commitment transaction stands (PS3.4 Annex J)."""
+
+    #: Asked (N-ACTION answered success), no N-EVENT-REPORT yet.
+    PENDING = "pending"
+    #: Every referenced instance committed (Event Type ID 1).
+    COMMITTED = "committed"
+    #: At least one instance not committed (Event Type ID 2), or the request itself failed.
+    FAILED = "failed"
+    #: No N-EVENT-REPORT within the destination's storage_commitment_timeout_s (a late one is still recorded).
+    TIMED_OUT = "timed_out"
+
+
+class CommitmentRole(StrEnum):
+    """Our side of a Storage Commitment transaction."""
+
+    #: We asked a destination to commit a synthetic series we sent it.
+    SCU = "scu"
+    #: A peer asked us to commit instances it sent us.
+    SCP = "scp"
+
+
+class StorageCommitment(Base):
+    """One Storage Commitment Push Model transaction (PS3.4 Annex J), either side.
+
+    As SCU it is the hand-over between stages: the exporter writes the row when it sends the N-ACTION and waits
+    for its status to change; the receiver, which gets the N-EVENT-REPORT on a new association, writes the result.
+    As SCP it records what we answered. ``failures`` lists ``{sop_class_uid, sop_instance_uid, reason}`` (UIDs
+    and PS3.4 J.3.3 Failure Reason codes only, never patient data)."""
+
+    __tablename__ = "storage_commitments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[CommitmentRole] = mapped_column(_state(CommitmentRole))
+    #: The other side's AE title (the destination's, or the requester's).
+    peer_ae_title: Mapped[str | None] = mapped_column(String(16))
+    #: The series export this commitment settles (SCU only).
+    export_id: Mapped[int | None] = mapped_column(ForeignKey("exports.id", ondelete="CASCADE"), index=True)
+    status: Mapped[CommitmentStatus] = mapped_column(
+        _state(CommitmentStatus), default=CommitmentStatus.PENDING, index=True
+    )
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: How it went, in words: the N-ACTION's failure, how the report travelled, why none came.
+    detail: Mapped[str | None] = mapped_column(String(256))
+
+
 class ReviewSession(Base):
     """A signed-in review session, server side: the cookie carries a random token whose SHA-256 is ``id``. Sign-out
     revokes the row, so a copy of the cookie made before it opens nothing."""
