@@ -68,6 +68,18 @@ class DatabaseSettings(_Section):
     echo: bool = False
 
 
+class StorageCommitmentPeer(_Section):
+    """A peer that may ask us for Storage Commitment (PS3.4 Annex J) and where its N-EVENT-REPORT goes: a new
+    association to ``host:port`` (our ``dicom.ae_title`` calling ``ae_title``), or the one it asked on."""
+
+    ae_title: Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    #: ``new``: report on a new association to host:port (what most peers, Orthanc among them, expect);
+    #: ``same``: on the association the N-ACTION came on, which the peer holds open for it.
+    report_on: Literal["new", "same"] = "new"
+
+
 class DicomSettings(_Section):
     ae_title: Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")] = "CODEBRAIN"
     bind_address: str = "0.0.0.0"
@@ -105,6 +117,11 @@ class DicomSettings(_Section):
     tls_private_key_password: SecretStr = SecretStr("")
     #: PEM CA certificates: when set, a TLS client must present a certificate signed by one of them, or is refused.
     tls_client_ca: Path | None = None
+    #: Storage Commitment SCP (PS3.4 Annex J): the requesters we report to on a new association, by AE title. A
+    #: requester not listed gets its report on the association it asked on, which it must hold open.
+    storage_commitment_peers: list[StorageCommitmentPeer] = Field(default_factory=list)
+    #: Seconds the SCP waits for instances acknowledged before the N-ACTION to be recorded before it checks them.
+    storage_commitment_settle_s: Annotated[float, Field(gt=0)] = 10.0
 
     @field_validator("allowed_callers")
     @classmethod
@@ -184,6 +201,11 @@ class DicomDestinationSettings(DestinationSettingsBase):
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
     tls_private_key_password: SecretStr = SecretStr("")
+    #: Storage Commitment SCU (PS3.4 Annex J): after each series, ask the peer to commit it (N-ACTION); the export
+    #: counts as delivered only once its N-EVENT-REPORT (to our receiver, or on the same association) commits every
+    #: instance, within storage_commitment_timeout_s; otherwise it is retried with back-off.
+    storage_commitment: bool = False
+    storage_commitment_timeout_s: Annotated[float, Field(gt=0)] = 60.0
 
     @model_validator(mode="after")
     def _tls_consistent(self) -> DicomDestinationSettings:
