@@ -16,16 +16,15 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.association import Association
 
 from codebrain_node.config import DicomDestinationSettings, Settings
+from codebrain_node.dimse import pause_reactor
 from codebrain_node.export.base import Delivered, DeliveryError, Destination, ignore_delivery, register
 from codebrain_node.tls import TLSFileError, client_context
 
@@ -33,24 +32,6 @@ log = logging.getLogger(__name__)
 
 #: C-STORE statuses that mean "stored": success and the three warnings (coercion, elements discarded, mismatch).
 ACCEPTED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
-
-
-def _pause_reactor(assoc: Association, timeout_s: float = 5.0) -> None:
-    """Park the association's reactor thread before a send, closing a pynetdicom race.
-
-    ``send_c_store`` clears the reactor checkpoint and proceeds as soon as ``_is_paused`` reads True, but the
-    reactor may have just returned from its checkpoint wait and not yet reset the flag; it then takes our
-    C-STORE-RSP off the queue itself ("Received unexpected C-STORE service message", a DIMSE timeout and an
-    aborted association), seen here under CPU contention. The reactor loop sleeps 1 ms a turn, so a flag that
-    still reads True 3 ms after the checkpoint was cleared means the reactor is parked at the checkpoint."""
-    assoc._reactor_checkpoint.clear()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if assoc._is_paused:
-            time.sleep(0.003)
-            if assoc._is_paused:
-                return
-        time.sleep(0.0005)
 
 
 @register(DicomDestinationSettings)
@@ -138,7 +119,7 @@ class DicomDestination(Destination[DicomDestinationSettings]):
             if connection is not None:
                 connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for path, dataset in zip(files, datasets, strict=True):
-                _pause_reactor(assoc)
+                pause_reactor(assoc)
                 try:
                     reply = assoc.send_c_store(dataset)
                 except (ValueError, RuntimeError) as exc:  # no accepted context for this instance

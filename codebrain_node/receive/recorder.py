@@ -37,11 +37,13 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, Statemen
 from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.db.associations import close_association, close_orphaned_associations, open_association
+from codebrain_node.db.commitments import record_answer, record_report
 from codebrain_node.db.jobs import withdraw_queued_job
 from codebrain_node.db.lifecycle import audit, reopen_if_settled
 from codebrain_node.db.models import Association, Instance, Series, Study, as_utc
 from codebrain_node.db.session import transaction
 from codebrain_node.receive.associations import AssociationEnded, AssociationEvent, AssociationOpened
+from codebrain_node.receive.commitment import CommitmentAnswered, CommitmentReported
 from codebrain_node.receive.spool import HeaderError, InstanceConflict, ReceivedInstance, Spool, describe_file
 
 log = logging.getLogger(__name__)
@@ -152,9 +154,41 @@ def _association_id(associations: dict[str, Association], item: ReceivedInstance
     return association.id
 
 
-def record_association(session: Session, event: AssociationEvent | InstanceConflict) -> None:
-    """Open or close one association's row, or audit a conflicting SOP Instance UID."""
-    if isinstance(event, InstanceConflict):
+def record_association(
+    session: Session, event: AssociationEvent | InstanceConflict | CommitmentReported | CommitmentAnswered
+) -> None:
+    """Open or close one association's row, audit a conflicting SOP Instance UID, or file a Storage Commitment
+    report (one answering the exporter's request, or one we sent as SCP)."""
+    if isinstance(event, CommitmentReported):
+        result = event.result
+        failures = [(f.reference.sop_class_uid, f.reference.sop_instance_uid, f.reason) for f in result.failed]
+        known = record_report(
+            session,
+            result.transaction_uid,
+            committed=len(result.committed),
+            failures=failures,
+            peer_ae_title=event.calling_ae_title,
+            at=event.at,
+        )
+        if not known:
+            log.warning(
+                "recorder: storage commitment report %s from %s answers no request of ours",
+                result.transaction_uid,
+                event.calling_ae_title,
+            )
+    elif isinstance(event, CommitmentAnswered):
+        result = event.result
+        failures = [(f.reference.sop_class_uid, f.reference.sop_instance_uid, f.reason) for f in result.failed]
+        record_answer(
+            session,
+            result.transaction_uid,
+            peer_ae_title=event.calling_ae_title,
+            instances=len(result.committed) + len(result.failed),
+            failures=failures,
+            detail=event.detail,
+            requested_at=event.requested_at,
+        )
+    elif isinstance(event, InstanceConflict):
         study = session.scalars(select(Study).where(Study.study_instance_uid == event.study_uid)).first()
         audit(
             session,
@@ -268,7 +302,7 @@ def record_batch(factory: sessionmaker[Session], items: Sequence[ReceivedInstanc
     return 0
 
 
-Item = ReceivedInstance | AssociationEvent | InstanceConflict
+Item = ReceivedInstance | AssociationEvent | InstanceConflict | CommitmentReported | CommitmentAnswered
 
 
 def record_each(factory: sessionmaker[Session], items: Sequence[Item]) -> tuple[int, list[tuple[Item, Exception]]]:
@@ -360,7 +394,7 @@ class Recorder:
         self._thread.start()
         return self
 
-    def submit(self, item: ReceivedInstance | AssociationEvent | InstanceConflict) -> None:
+    def submit(self, item: Item) -> None:
         """Hand over one durable instance or association event; returns at once (called on the association
         thread)."""
         with self._idle:
@@ -418,6 +452,8 @@ def _name(item: Item) -> str:
         return f"sop={item.sop_instance_uid}; it stays in incoming/"
     if isinstance(item, InstanceConflict):
         return f"the conflict of sop={item.sop_instance_uid} (logged when received)"
+    if isinstance(item, CommitmentReported | CommitmentAnswered):
+        return f"storage commitment {item.result.transaction_uid} (logged when received)"
     return f"an event of association {item.key[:8]}"
 
 

@@ -1,7 +1,8 @@
 """The Storage SCP: pynetdicom raises events, these handlers decide; storage is one call into the spool.
 
-Accepted: Verification, and MR Image Storage / Enhanced MR Image Storage in the uncompressed syntaxes (implicit
-and explicit little endian, deflate, explicit big endian) and the compressed ones (JPEG baseline/extended/lossless,
+Accepted: Verification, Storage Commitment Push Model (both roles, ``receive/commitment.py``), and MR Image
+Storage / Enhanced MR Image Storage in the uncompressed syntaxes (implicit and explicit little endian, deflate,
+explicit big endian) and the compressed ones (JPEG baseline/extended/lossless,
 JPEG-LS, JPEG 2000, HTJ2K, RLE). Compressed pixel data is stored as sent; the engine decodes it later (pydicom
 with the pylibjpeg plugins, ``imaging/series_io.py``), so nothing here decodes or transcodes. Any other SOP class
 gets its presentation context rejected ("abstract syntax not supported").
@@ -63,7 +64,7 @@ from dataclasses import dataclass, replace
 from pydicom import uid as uids
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage, Verification
+from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage, StorageCommitmentPushModel, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from codebrain_node import metrics
@@ -75,8 +76,16 @@ from codebrain_node.receive.associations import (
     AssociationOpened,
     new_association_key,
 )
+from codebrain_node.receive.commitment import CommitmentReported, CommitmentResponder, report_of
 from codebrain_node.receive.spool import CANNOT_UNDERSTAND, InstanceConflict, ReceivedInstance, Spool
 from codebrain_node.tls import server_context
+from codebrain_node.write.storage_commitment import (
+    PUSH_MODEL_INSTANCE_UID,
+    REQUEST_COMMITMENT,
+    MalformedCommitment,
+    read_action_information,
+    read_event_information,
+)
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +369,8 @@ class Receiver:
         *,
         on_association: Callable[[AssociationEvent], None] | None = None,
         on_conflict: Callable[[InstanceConflict], None] | None = None,
+        commitments: CommitmentResponder | None = None,
+        on_commitment_report: Callable[[CommitmentReported], None] | None = None,
         server_class: type[ThreadedAssociationServer] = NoDelayAssociationServer,
     ) -> None:
         self.dicom = dicom
@@ -368,6 +379,10 @@ class Receiver:
         self.on_association = on_association
         #: Gets each SOP Instance UID received again with other content or in another series (the recorder audits).
         self.on_conflict = on_conflict
+        #: Answers Storage Commitment requests (we are the SCP); None: N-ACTION is refused.
+        self.commitments = commitments
+        #: Gets each N-EVENT-REPORT answering a request of ours (we are the SCU: the exporter asked).
+        self.on_commitment_report = on_commitment_report
         self.server_class = server_class
         self.identity = receiver_identity()
         self.stats = ReceiverStats()
@@ -384,6 +399,8 @@ class Receiver:
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.dicom.ae_title)
         ae.add_supported_context(Verification)
+        # either role: a peer asks us (N-ACTION), or answers a request of ours on a new association (N-EVENT-REPORT)
+        ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         for storage_class in STORAGE_CLASSES:
             ae.add_supported_context(storage_class, list(TRANSFER_SYNTAXES))
         ae.maximum_associations = self.dicom.max_associations
@@ -423,6 +440,8 @@ class Receiver:
             (evt.EVT_CONN_CLOSE, self._on_ended, [CONNECTION_CLOSED]),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_N_ACTION, self._on_commitment_request),
+            (evt.EVT_N_EVENT_REPORT, self._on_commitment_report),
         ]
         if self.dicom.tls != "only":
             self._listen("plain", self.dicom.port, handlers)
@@ -461,6 +480,8 @@ class Receiver:
         for _, server, _ in listeners:
             server.shutdown()  # also takes it out of the AE's list of servers
         self.ae.shutdown()
+        if self.commitments is not None:
+            self.commitments.join(timeout_s=5.0)
         # Whatever pynetdicom did not report as ended is over now too (the first end recorded wins).
         with self._keys_lock:
             left, self._keys = list(self._keys.values()), {}
@@ -546,6 +567,58 @@ class Receiver:
 
     def _on_echo(self, event: Event) -> int:
         return 0x0000
+
+    def _on_commitment_request(self, event: Event) -> tuple[int, None]:
+        """N-ACTION "Request Storage Commitment" (PS3.4 J.3.2): accepted here (0x0000), answered later by an
+        N-EVENT-REPORT from the responder; refused 0x0123 for another action, 0x0117 for another SOP Instance than
+        the well-known one, 0x0120 without a Transaction UID or references, 0x0110 when we are no SCP."""
+        calling = (event.assoc.requestor.ae_title or "").strip()
+        request = event.request
+        if request.ActionTypeID != REQUEST_COMMITMENT:
+            log.warning("N-ACTION from %s with Action Type ID %s refused (0x0123)", calling, request.ActionTypeID)
+            return 0x0123, None
+        if str(request.RequestedSOPInstanceUID) != PUSH_MODEL_INSTANCE_UID:
+            log.warning(
+                "storage commitment from %s on SOP Instance %s refused (0x0117)",
+                calling,
+                request.RequestedSOPInstanceUID,
+            )
+            return 0x0117, None
+        try:
+            commitment = read_action_information(event.action_information)
+        except (MalformedCommitment, ValueError, AttributeError) as exc:
+            log.warning("storage commitment from %s refused (0x0120): %s", calling, exc)
+            return 0x0120, None
+        if self.commitments is None:
+            return 0x0110, None
+        log.info(
+            "storage commitment %s requested by %s for %d instance(s)",
+            commitment.transaction_uid,
+            calling,
+            len(commitment.references),
+        )
+        self.commitments.accept(commitment, event.assoc, calling)
+        return 0x0000, None
+
+    def _on_commitment_report(self, event: Event) -> tuple[int, None]:
+        """N-EVENT-REPORT answering a request of ours (PS3.4 J.3.3): handed to ``on_commitment_report`` (the
+        recorder) and acknowledged; one without a Transaction UID is refused 0x0120."""
+        calling = (event.assoc.requestor.ae_title or "").strip()
+        try:
+            result = read_event_information(event.event_information)
+        except (MalformedCommitment, ValueError, AttributeError) as exc:
+            log.warning("storage commitment report from %s refused (0x0120): %s", calling, exc)
+            return 0x0120, None
+        log.info(
+            "storage commitment report %s from %s: %d committed, %d failed",
+            result.transaction_uid,
+            calling,
+            len(result.committed),
+            len(result.failed),
+        )
+        if self.on_commitment_report is not None:
+            self.on_commitment_report(report_of(event.event_type, result, calling))
+        return 0x0000, None
 
     def _on_store(self, event: Event) -> int:
         request = event.request

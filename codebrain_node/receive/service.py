@@ -1,15 +1,18 @@
 """The receive stage as one unit for ``serve``: check the TLS files (if any), close a dead predecessor's
 associations, recover the spool, start the recorder, then listen (instances and association events both go to the
-recorder)."""
+recorder). Storage Commitment requests are answered from what the recorder has filed."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
+from codebrain_node.db.commitments import check_instances
+from codebrain_node.receive.commitment import Check, CommitmentResponder
 from codebrain_node.receive.recorder import Recorder, recover_spool
 from codebrain_node.receive.scp import Receiver, receiver_tls_context
 from codebrain_node.receive.spool import Spool, instance_limits
@@ -44,7 +47,26 @@ def start_receive_service(settings: Settings, factory: sessionmaker[Session]) ->
     spool = Spool(settings.paths.data_dir, settings.dicom.min_free_disk_mb, instance_limits(settings.dicom))
     recover_spool(factory, spool)
     recorder = Recorder(factory, spool=spool).start()  # what the database refuses is quarantined at once
+    commitments = CommitmentResponder(
+        settings.dicom, commitment_check(factory, settings), record=recorder.submit, settle=recorder.flush
+    )
     receiver = Receiver(
-        settings.dicom, spool, recorder.submit, on_association=recorder.submit, on_conflict=recorder.submit
+        settings.dicom,
+        spool,
+        recorder.submit,
+        on_association=recorder.submit,
+        on_conflict=recorder.submit,
+        commitments=commitments,
+        on_commitment_report=recorder.submit,
     ).start()
     return ReceiveService(spool=spool, recorder=recorder, receiver=receiver)
+
+
+def commitment_check(factory: sessionmaker[Session], settings: Settings) -> Check:
+    """The Storage Commitment SCP's question to the database: which of these instances do we hold?"""
+
+    def check(references: Sequence[tuple[str, str]]) -> list[tuple[str, str, int | None]]:
+        with factory() as session:
+            return check_instances(session, settings.paths.data_dir, references)
+
+    return check
