@@ -96,6 +96,7 @@ def _detail_lines(detail: StudyDetail, show_patient: bool) -> Iterator[str]:
         yield f"  job #{job.id} {job.status} model={job.model_name or '-'} inputs={inputs} [{timings}]"
     for export in detail.exports:
         what = "rejection note " if export.kind == "rejection_note" else ""
+        what += "confidence map " if export.series.describes_series_id else ""
         where = f"{what}{export.series.contrast} #{export.series.series_number or ''} -> {export.destination}"
         yield f"  export {where}: {export.status} ({export.attempts} attempts)"
     for event in detail.audit:

@@ -4,7 +4,8 @@ A synthetic series stops being current when its contrast turns out to be acquire
 must never hold a synthetic image beside the acquired one it imitates), or when a newer synthetic series of the
 same contrast, made from changed inputs, replaces it. It is marked, never deleted: the review page, ``status``
 and the audit trail still show it, the exporter never sends it (and withdraws it with an IHE IOCM rejection note
-where it was already sent), and approving its study never approves it.
+where it was already sent), and approving its study never approves it. What the node wrote about a series (its
+confidence map, ``Series.describes_series_id``) is superseded with it, so it is withdrawn alongside.
 """
 
 from __future__ import annotations
@@ -21,8 +22,22 @@ log = logging.getLogger(__name__)
 
 
 def current_synthetic(session: Session, study_id: int) -> list[Series]:
-    """The study's synthetic series that are not superseded, by series number."""
-    query = select(Series).where(Series.study_id == study_id, Series.is_synthetic, Series.superseded_at.is_(None))
+    """The study's synthetic series that are not superseded, by series number: the synthesised contrasts, not the
+    series that describe them (a confidence map goes where its series goes)."""
+    query = select(Series).where(
+        Series.study_id == study_id,
+        Series.is_synthetic,
+        Series.superseded_at.is_(None),
+        Series.describes_series_id.is_(None),
+    )
+    return list(session.scalars(query.order_by(Series.series_number, Series.id)))
+
+
+def describing(session: Session, series: Series) -> list[Series]:
+    """The series that describe ``series`` (its confidence map), by series number."""
+    if series.id is None:
+        session.flush()
+    query = select(Series).where(Series.describes_series_id == series.id)
     return list(session.scalars(query.order_by(Series.series_number, Series.id)))
 
 
@@ -54,3 +69,7 @@ def supersede(session: Session, series: Series, *, by: Series | None, reason: st
         series.series_number,
         series.superseded_reason,
     )
+    for described_by in describing(session, series):
+        supersede(
+            session, described_by, by=by, reason=f"describes series #{series.series_number}: {reason}", actor=actor
+        )

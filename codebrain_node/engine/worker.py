@@ -50,6 +50,7 @@ from codebrain_node.imaging.preprocess import (
     restore_map,
 )
 from codebrain_node.imaging.series_io import DicomSeries, UnusableSeriesError, read_dicom_series
+from codebrain_node.write.parametric_map import WrittenParametricMap, confidence_series_number, write_confidence_map
 from codebrain_node.write.synthetic_series import WrittenSeries, write_synthetic_series
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class JobResult:
     written: dict[Contrast, WrittenSeries] = field(default_factory=dict)
+    #: The confidence of each written series as a Parametric Map, when the model gives one.
+    confidence_maps: dict[Contrast, WrittenParametricMap] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -150,7 +153,9 @@ def impute_study(
     image_size: int,
     numbering: Numbering | None = None,
 ) -> JobResult:
-    """The pure pipeline of one job (no database): preprocess → model → invert → write, timed per stage.
+    """The pure pipeline of one job (no database): preprocess → model → invert → write, timed per stage. When the
+    model gives a confidence, each series gets its confidence map beside it (``confidence.npy`` for the review page,
+    and a Parametric Map series for PACS).
 
     ``numbering``: the study's used series numbers (a new series never takes one) and, per target, the number of
     the earlier synthetic series it replaces.
@@ -194,6 +199,17 @@ def impute_study(
             confidence=restored_confidence,
             replaces=numbering.replaces.get(target),
         )
+        if restored_confidence is not None:
+            map_number = confidence_series_number(series_number, taken)
+            taken.add(map_number)
+            result.confidence_maps[target] = write_confidence_map(
+                result.written[target],
+                restored_confidence,
+                out_dir,
+                model_name=model.name,
+                model_version=model.version,
+                series_number=map_number,
+            )
     result.timings["write_s"] = time.perf_counter() - clock
     return result
 
@@ -208,8 +224,15 @@ def _series_number(reference: Sequence[pydicom.Dataset], offset: int, taken: set
     return number
 
 
-def record_written_series(session: Session, study: Study, written: Mapping[Contrast, WrittenSeries]) -> list[Series]:
-    """Register the synthetic series so export, review and status see them (they are never model inputs)."""
+def record_written_series(
+    session: Session,
+    study: Study,
+    written: Mapping[Contrast, WrittenSeries],
+    confidence_maps: Mapping[Contrast, WrittenParametricMap] | None = None,
+) -> list[Series]:
+    """Register the synthetic series so export, review and status see them (they are never model inputs), each
+    with its confidence map's series as one that describes it (exported, superseded and withdrawn with it).
+    Returns the synthetic series (not the maps)."""
     created = []
     for contrast, series_written in written.items():
         series = Series(
@@ -236,7 +259,39 @@ def record_written_series(session: Session, study: Study, written: Mapping[Contr
         ]
         session.add(series)
         created.append(series)
+        confidence_map = (confidence_maps or {}).get(contrast)
+        if confidence_map is not None:
+            _record_confidence_map(session, study, series, confidence_map)
     return created
+
+
+def _record_confidence_map(session: Session, study: Study, series: Series, written: WrittenParametricMap) -> Series:
+    session.flush()  # the synthetic series' id, for the map's link to it
+    confidence_map = Series(
+        study=study,
+        series_instance_uid=written.series_instance_uid,
+        modality="OT",  # what highdicom writes in a Parametric Map's Modality
+        series_number=written.series_number,
+        series_description=written.series_description,
+        frame_of_reference_uid=written.frame_of_reference_uid,
+        contrast=series.contrast,
+        classification_reason=f"written by this node: confidence of series #{series.series_number}",
+        is_synthetic=True,
+        describes_series_id=series.id,
+    )
+    instance = written.instance
+    confidence_map.instances = [
+        Instance(
+            sop_instance_uid=instance.sop_instance_uid,
+            sop_class_uid=instance.sop_class_uid,
+            transfer_syntax_uid=instance.transfer_syntax_uid,
+            instance_number=instance.instance_number,
+            path=str(instance.path),
+            size_bytes=instance.size_bytes,
+        )
+    ]
+    session.add(confidence_map)
+    return confidence_map
 
 
 def supersede_replaced(session: Session, study: Study, new_series: Sequence[Series], job: Job, actor: str) -> None:
@@ -364,7 +419,7 @@ class Engine:
             )
             study = job.study
             actor = f"engine:{self.name}"
-            created = record_written_series(session, study, result.written)
+            created = record_written_series(session, study, result.written, result.confidence_maps)
             supersede_replaced(session, study, created, job, actor)
             # Instances that arrived while the job ran were not among its inputs: nothing of this result goes out
             # before the study is planned again with them (the late series may be one of the contrasts made here).

@@ -55,7 +55,7 @@ def impute_folder(
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    model = model or load_model(settings.model.weights, settings.model.device)
+    model = model or load_model(settings.model.weights, settings.model.device, settings.model.precision)
     result = OfflineResult(output=output_dir)
     with tempfile.TemporaryDirectory(prefix="codebrain-impute-") as work:
         local = _offline_settings(settings, Path(work), output_dir, synthesize)
@@ -94,7 +94,11 @@ def impute_folder(
                 result.studies[study.study_instance_uid] = str(study.state)
                 result.written[study.study_instance_uid] = sorted(
                     s.contrast
-                    for s in session.scalars(select(Series).where(Series.study_id == study.id, Series.is_synthetic))
+                    for s in session.scalars(
+                        select(Series).where(
+                            Series.study_id == study.id, Series.is_synthetic, Series.describes_series_id.is_(None)
+                        )
+                    )
                     if s.contrast
                 )
         db.dispose()

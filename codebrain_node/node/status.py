@@ -69,8 +69,10 @@ def collect(session: Session, limit: int = 50) -> list[StudyLine]:
     now = utcnow()
     for study in studies:
         acquired = [s for s in study.series if not s.is_synthetic]
-        synthetic = [s for s in study.series if s.is_synthetic and s.superseded_at is None]
-        superseded = [s for s in study.series if s.is_synthetic and s.superseded_at is not None]
+        # a confidence map's series describes one of these: counted with its exports, not as a contrast
+        contrasts = [s for s in study.series if s.is_synthetic and s.describes_series_id is None]
+        synthetic = [s for s in contrasts if s.superseded_at is None]
+        superseded = [s for s in contrasts if s.superseded_at is not None]
         job = max(study.jobs, key=lambda j: j.id, default=None)
         job_text = f"#{job.id} {job.status} ({job.attempts}/{job.max_attempts})" if job else "-"
         if job and job.error:

@@ -230,7 +230,10 @@ def study_detail(session: Session, key: str | int) -> StudyDetail:
     audit = session.scalars(
         select(AuditEvent).where(AuditEvent.study_id == study.id).order_by(AuditEvent.at, AuditEvent.id)
     ).all()
-    synthetic = [s for s in series if s.is_synthetic]
+    # a confidence map's series (describes_series_id) is no panel of its own: the page overlays the map on its
+    # series; only its deliveries are listed
+    synthetic = [s for s in series if s.is_synthetic and s.describes_series_id is None]
+    describing = [s for s in series if s.describes_series_id is not None]
     current = [s for s in synthetic if s.superseded_at is None]
     key_ = status_of(study)
     return StudyDetail(
@@ -241,7 +244,7 @@ def study_detail(session: Session, key: str | int) -> StudyDetail:
         synthetic=sorted(current, key=lambda s: _contrast_order(s.contrast or "")),
         superseded=[s for s in synthetic if s.superseded_at is not None],
         jobs=list(jobs),
-        exports=[e for s in synthetic for e in s.exports],
+        exports=[e for s in synthetic + describing for e in s.exports],
         audit=list(audit),
         by_uid={s.series_instance_uid: s for s in series},
     )

@@ -29,6 +29,19 @@ TINY = {
 }
 
 
+PARAMETRIC_MAP_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
+
+
+def synthetic_mr(out: Path) -> list[Path]:
+    """The synthetic MR instances under ``out``, without the confidence map (a Parametric Map) the tiny model's
+    confidence output adds beside each series."""
+    return sorted(
+        p
+        for p in out.rglob("*.dcm")
+        if pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID != PARAMETRIC_MAP_STORAGE
+    )
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("study")
@@ -50,11 +63,16 @@ def test_impute_folder_writes_flagged_series_on_the_reference_grid(study: Path, 
     result = impute_folder(settings, study, out, synthesize=[Contrast.T1GD])
     assert list(result.written.values()) == [["T1Gd"]]
     assert list(result.studies.values()) == ["exported"]
-    synthetic = [pydicom.dcmread(p) for p in sorted(out.rglob("*.dcm"))]
+    synthetic = [pydicom.dcmread(p) for p in synthetic_mr(out)]
     reference = [
         pydicom.dcmread(p) for p in sorted(study.rglob("*.dcm")) if p.parent.name.startswith("101_")
     ]  # T1: written first
     assert len(synthetic) == len(reference) > 0
+    # the model's confidence goes out beside the series, as one Parametric Map referencing it
+    mr_paths = set(synthetic_mr(out))
+    (confidence_map,) = [pydicom.dcmread(p) for p in out.rglob("*.dcm") if p not in mr_paths]
+    assert confidence_map.SOPClassUID == PARAMETRIC_MAP_STORAGE and int(confidence_map.NumberOfFrames) == len(synthetic)
+    assert confidence_map.ReferencedSeriesSequence[0].SeriesInstanceUID == synthetic[0].SeriesInstanceUID
     first = synthetic[0]
     assert first.SyntheticData == "YES"
     assert list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"]
@@ -96,7 +114,7 @@ def test_enhanced_mr_inputs_give_one_synthetic_instance_per_frame(study: Path, c
     out = tmp_path / "out"
     result = impute_folder(settings, folder, out, synthesize=[Contrast.T1GD])
     assert list(result.written.values()) == [["T1Gd"]]
-    synthetic = [pydicom.dcmread(p) for p in sorted(out.rglob("*.dcm"))]
+    synthetic = [pydicom.dcmread(p) for p in synthetic_mr(out)]
     t1 = enhanced["101"]
     assert len(synthetic) == int(t1.NumberOfFrames)
     frame_positions = sorted(
@@ -146,10 +164,10 @@ def test_an_unusable_input_is_left_out_and_the_rest_still_used(
     assert list(result.studies.values()) == ["exported"] and list(result.written.values()) == [["T1Gd"]]
     skipped = [r.getMessage() for r in caplog.records if "input left out" in r.getMessage()]
     assert len(skipped) == 1 and "T1 series #101: multi-echo series (2 echo times)" in skipped[0]
-    written = pydicom.dcmread(next((tmp_path / "out").rglob("*.dcm")))
+    written = pydicom.dcmread(synthetic_mr(tmp_path / "out")[0])
     assert "T1 series" not in written.DerivationDescription and "T2 series" in written.DerivationDescription
     t2 = [pydicom.dcmread(p) for p in next(study.glob("201_*")).glob("*.dcm")]  # the reference now
-    synthetic = [pydicom.dcmread(p) for p in (tmp_path / "out").rglob("*.dcm")]
+    synthetic = [pydicom.dcmread(p) for p in synthetic_mr(tmp_path / "out")]
     assert sorted(float(ds.ImagePositionPatient[2]) for ds in synthetic) == pytest.approx(
         sorted(float(ds.ImagePositionPatient[2]) for ds in t2)
     )
@@ -188,7 +206,7 @@ def test_a_reference_with_a_missing_slice_gets_a_synthetic_slice_on_each_acquire
         (folder / path.parent.name / path.name).write_bytes(path.read_bytes())
     settings = load_settings(environ={"CODEBRAIN_MODEL__WEIGHTS": str(checkpoint)})
     impute_folder(settings, folder, tmp_path / "out", synthesize=[Contrast.T1GD])
-    written = sorted(float(pydicom.dcmread(p).ImagePositionPatient[2]) for p in (tmp_path / "out").rglob("*.dcm"))
+    written = sorted(float(pydicom.dcmread(p).ImagePositionPatient[2]) for p in synthetic_mr(tmp_path / "out"))
     assert written == pytest.approx([float(pydicom.dcmread(p).ImagePositionPatient[2]) for p in kept])
 
     def t2_on_t1_grid(t1_files: list[Path]) -> np.ndarray:

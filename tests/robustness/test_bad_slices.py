@@ -36,7 +36,7 @@ TINY = {
     "naf_depth": 1,
     "stage_blocks": [0, 0, 1],
     "image_size": 256,
-    "confidence": True,
+    "confidence": False,  # the synthetic MR slices are counted here; tests/write/test_parametric_map.py has the map
 }
 PIXEL_DATA_HEADER = b"\xe0\x7f\x10\x00OW\x00\x00"
 

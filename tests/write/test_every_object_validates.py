@@ -1,7 +1,8 @@
 """Every kind of object the node writes passes dciodvfy (PS3.3 IOD checks: every Type 1, 2 and required 2C
 attribute present, values valid), even when the series it was made from has only the attributes needed to read it:
-the synthetic MR image and the IOCM rejection note (Key Object Selection Document) that withdraws it. The one error
-allowed is dciodvfy's own: its dictionary predates Synthetic Data (0008,001C) (``dciodvfy_errors`` drops it)."""
+the synthetic MR image, the model's confidence in it as a Parametric Map, and the IOCM rejection note (Key Object
+Selection Document) that withdraws either. The one error allowed is dciodvfy's own: its dictionary predates
+Synthetic Data (0008,001C) (``dciodvfy_errors`` drops it)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from reference_mr import acquired_series, minimal_series
 
 from codebrain_node.contrasts import Contrast
 from codebrain_node.imaging.series_io import read_dicom_series
+from codebrain_node.write.parametric_map import write_confidence_map
 from codebrain_node.write.rejection_note import rejection_series_number, write_rejection_note
 from codebrain_node.write.synthetic_series import WrittenSeries, write_synthetic_series
 from tests.dicom_fixtures import DCIODVFY, dciodvfy_errors
@@ -83,4 +85,27 @@ def test_rejection_note_of_a_series_from_a_minimal_reference_validates(
         description="Synthetic T1Gd series 1021 superseded: T1Gd acquired",
     )
     assert note.rejected == len(from_minimal.paths)
+    assert dciodvfy_errors(note.path) == []
+
+
+def test_confidence_map_of_a_series_from_a_minimal_reference_validates(
+    from_minimal: WrittenSeries, tmp_path: Path
+) -> None:
+    """The Parametric Map takes patient, study and frame of reference from the synthetic series (PS3.3 A.75), so
+    what the minimal reference lacked is as complete there; its rejection note validates too."""
+    shape = (len(from_minimal.paths), *pydicom.dcmread(from_minimal.paths[0]).pixel_array.shape)
+    confidence = np.random.default_rng(5).uniform(0, 1, size=shape)
+    written = write_confidence_map(
+        from_minimal,
+        confidence,
+        tmp_path / "maps",
+        model_name="codebrain-small",
+        model_version="0.1.0",
+        series_number=5021,
+    )
+    assert dciodvfy_errors(written.instance.path) == []
+    assert written.frame_of_reference_uid == from_minimal.frame_of_reference_uid
+    note = write_rejection_note(
+        [written.instance.path], tmp_path / "notes", series_number=9021, description="Confidence of series 1021"
+    )
     assert dciodvfy_errors(note.path) == []
