@@ -15,6 +15,10 @@ Sends resume per instance: each instance the destination acknowledges is recorde
 the one instance in flight. The lease is sized to the work left (:func:`lease_s`: the association's timeouts plus
 :data:`LEASE_PER_INSTANCE_S` per instance still to send), not to the back-off cap.
 
+A destination that asks for Storage Commitment (``storage_commitment = true``, ``export/commitment.py``) has a
+series delivered only once it commits every instance: after the C-STOREs the attempt asks and waits for the
+report; a failure or no report in time fails the attempt like any other (the instances it failed are sent again).
+
 The study follows its exports: APPROVED → EXPORTED when every export is SENT, → DEAD_LETTER as soon as one is
 dead. ``codebrain-node export retry`` (:func:`retry_dead_letters`) gives dead rows fresh attempts and the study
 goes back to APPROVED.
@@ -57,6 +61,7 @@ from codebrain_node.db.models import (
 )
 from codebrain_node.db.session import transaction
 from codebrain_node.export.base import Delivered, DeliveryError, Destination, destination_class
+from codebrain_node.export.commitment import commit_series, wants_commitment
 from codebrain_node.write.rejection_note import rejection_series_number, write_rejection_note
 
 log = logging.getLogger(__name__)
@@ -101,6 +106,8 @@ class Claim:
     study_id: int
     instance_ids: dict[Path, int] = field(default_factory=dict)
     total: int = 0
+    #: A series (not a rejection note): the kind a destination may be asked to commit.
+    is_series: bool = False
 
 
 def schedule_exports(session: Session, study: Study, settings: Settings, *, now: Clock = utcnow) -> int:
@@ -275,7 +282,10 @@ def run_due_exports(
             continue  # another node took it, or it is no longer due
         touched_studies.add(claim.study_id)
         recorder = _DeliveryRecorder(factory, export_id, claim, settings, now)
-        error = _deliver(targets.get(claim.destination), claim, recorder)
+        destination = targets.get(claim.destination)
+        error = _deliver(destination, claim, recorder)
+        if error is None and claim.is_series and wants_commitment(destination):
+            error = commit_series(factory, export_id, destination, settings, now=now)  # type: ignore[arg-type]
         _settle(factory, export_id, error, settings, now)
         sent += error is None
     for study_id in touched_studies:
@@ -314,7 +324,7 @@ def _claim(factory: sessionmaker[Session], export_id: int, settings: Settings, n
                 .order_by(Instance.instance_number, Instance.id)
             ).all()
             ids = {instance_file(path, settings.paths.data_dir): id_ for id_, path, done in rows if not done}
-            claim = Claim(export.destination, list(ids), series.study_id, ids, total=len(rows))
+            claim = Claim(export.destination, list(ids), series.study_id, ids, total=len(rows), is_series=True)
             if len(ids) < len(rows):
                 log.info(
                     "export %s: %d of %d instance(s) already acknowledged by %s, sending the other %d",
