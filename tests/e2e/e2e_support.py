@@ -348,6 +348,20 @@ class Orthanc:
     def get(self, path: str) -> Any:
         return json.loads(self.get_bytes(path))
 
+    def send(self, method: str, path: str, body: Any) -> Any:
+        """A JSON request to the REST API (POST to start a job, PUT to change a modality), its JSON answer."""
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=20) as response:
+            answer = response.read()
+        return json.loads(answer) if answer.strip() else None
+
+    def declare_modality(self, name: str, ae_title: str, port: int, host: str = "127.0.0.1") -> None:
+        """Add or change a DicomModalities entry at run time (a node's port is known only once it listens):
+        where Orthanc sends C-STOREs and, as Storage Commitment SCP, the N-EVENT-REPORT for that AE title."""
+        self.send("PUT", f"/modalities/{name}", {"AET": ae_title, "Host": host, "Port": port})
+
     def series(self) -> list[dict[str, Any]]:
         """Every series Orthanc holds, with its main tags and instance ids."""
         return [self.get(f"/series/{series_id}") for series_id in self.get("/series")]

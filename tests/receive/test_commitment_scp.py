@@ -1,5 +1,5 @@
 """Storage Commitment SCP (PS3.4 Annex J) against a pynetdicom peer: what is committed and why the rest is not,
-the report on the same association or on a new one, and refused requests."""
+the report on the same association or on a new one, and refused requests; then against Orthanc as requester."""
 
 from __future__ import annotations
 
@@ -25,9 +25,12 @@ from codebrain_node.write.storage_commitment import (
     read_event_information,
 )
 from tests.dicom_fixtures import free_port, make_mr_instance
+from tests.e2e.e2e_support import PACS_AE as ORTHANC_AE
+from tests.e2e.e2e_support import Orthanc, orthanc, wait_for
 from tests.receive.conftest import CALLER, node_settings
 
 PEER = "PEERSCU"
+__all__ = ["orthanc"]  # the fixture, from e2e_support
 REPORT_WAIT_S = 30.0
 
 
@@ -45,10 +48,12 @@ class Reports:
         return 0x0000, None
 
 
-def _start(tmp_path: Path, factory: sessionmaker[Session], peers: list[dict] | None = None) -> ReceiveService:
+def _start(
+    tmp_path: Path, factory: sessionmaker[Session], peers: list[dict] | None = None, callers: list[str] = ()
+) -> ReceiveService:
     settings = node_settings(
         tmp_path / "data",
-        allowed_callers=[CALLER, PEER],
+        allowed_callers=[CALLER, PEER, *callers],
         storage_commitment_peers=peers or [],
         storage_commitment_settle_s=10,
     )
@@ -190,3 +195,47 @@ def test_requests_without_a_transaction_uid_or_for_another_action_are_refused(re
         assert status.Status == 0x0117  # invalid object instance
     finally:
         assoc.release()
+
+
+# --- against Orthanc (Debian's 1.10), the requester ------------------------------------------------------------
+
+
+def _orthanc_result(pacs: Orthanc, transaction_uid: str) -> dict:
+    def answered() -> dict | None:
+        result = pacs.get(f"/storage-commitment/{transaction_uid}")
+        return result if result.get("Status") != "Pending" else None
+
+    return wait_for(answered, REPORT_WAIT_S, f"Orthanc's storage commitment {transaction_uid} to be answered", 0.2)
+
+
+def test_orthanc_asks_and_gets_committed_and_failed_instances_on_a_new_association(
+    tmp_path: Path, factory: sessionmaker[Session], orthanc: Orthanc
+) -> None:
+    """Orthanc as Storage Commitment SCU (POST /modalities/{id}/storage-commitment): it releases the N-ACTION's
+    association at once and takes the report on a new one to its own DICOM port, as the known peer ORTHANC."""
+    peers = [{"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    service = _start(tmp_path, factory, peers=peers, callers=[ORTHANC_AE])
+    try:
+        orthanc.declare_modality("node", "CODEBRAIN", service.port)
+        stored = _store(service.port, 2)
+        unknown = generate_uid()
+        instances = [{"SOPClassUID": MRImageStorage, "SOPInstanceUID": ds.SOPInstanceUID} for ds in stored]
+        asked = orthanc.send(
+            "POST",
+            "/modalities/node/storage-commitment",
+            {"DicomInstances": [*instances, {"SOPClassUID": MRImageStorage, "SOPInstanceUID": unknown}]},
+        )
+        answer = _orthanc_result(orthanc, asked["ID"])
+        assert answer["Status"] == "Failure"
+        assert sorted(item["SOPInstanceUID"] for item in answer["Success"]) == sorted(
+            ds.SOPInstanceUID for ds in stored
+        )
+        assert [(f["SOPInstanceUID"], f["FailureReason"]) for f in answer["Failures"]] == [(unknown, 0x0112)]
+        all_held = orthanc.send("POST", "/modalities/node/storage-commitment", {"DicomInstances": instances})
+        assert _orthanc_result(orthanc, all_held["ID"])["Status"] == "Success"
+        service.receiver.commitments.join()  # type: ignore[union-attr]
+        service.recorder.flush(10)
+    finally:
+        service.stop()
+    assert _row(factory, asked["ID"]).status == "failed"
+    assert _row(factory, all_held["ID"]).status == "committed"

@@ -1,7 +1,8 @@
 """Storage Commitment as SCU (PS3.4 Annex J): a series counts as delivered only once its destination commits it.
 
 The destination is a pynetdicom PACS that stores, accepts the N-ACTION and reports on a new association to our
-receiver (as Orthanc does), which files the report in the database where the exporter waits for it.
+receiver (as Orthanc does), which files the report in the database where the exporter waits for it; then Orthanc
+itself.
 """
 
 from __future__ import annotations
@@ -14,29 +15,35 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import MRImageStorage, StorageCommitmentPushModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from codebrain_node.config import Settings
-from codebrain_node.db.commitments import record_report
-from codebrain_node.db.models import Export, ExportDelivery, StorageCommitment, utcnow
+from codebrain_node.db.commitments import open_request, record_report
+from codebrain_node.db.models import Export, ExportDelivery, StorageCommitment, Study, utcnow
 from codebrain_node.db.session import transaction
-from codebrain_node.export.dispatch import run_due_exports
+from codebrain_node.export.dispatch import build_destinations, run_due_exports, schedule_exports
 from codebrain_node.receive.service import ReceiveService, start_receive_service
 from codebrain_node.write.storage_commitment import (
     NO_SUCH_OBJECT_INSTANCE,
     PUSH_MODEL_INSTANCE_UID,
+    CommitmentRequest,
     CommitmentResult,
     Failure,
+    Reference,
     event_information,
     read_action_information,
 )
 from tests.dicom_fixtures import free_port
+from tests.e2e.e2e_support import PACS_AE as ORTHANC_AE
+from tests.e2e.e2e_support import Orthanc, orthanc, wait_for
 from tests.export.conftest import PACS_AE, ApprovedStudy
 
 NODE_AE = "CODEBRAIN"
+__all__ = ["orthanc"]  # the fixture, from e2e_support
 
 
 @dataclass
@@ -94,11 +101,11 @@ class CommittingPacs:
             self._server.shutdown()  # type: ignore[attr-defined]
 
 
-def _settings(tmp_path: Path, pacs_port: int, node_port: int, timeout_s: float) -> Settings:
+def _settings(tmp_path: Path, pacs_port: int, node_port: int, timeout_s: float, pacs_ae: str = PACS_AE) -> Settings:
     destination = {
         "name": "pacs",
         "kind": "dicom",
-        "ae_title": PACS_AE,
+        "ae_title": pacs_ae,
         "host": "127.0.0.1",
         "port": pacs_port,
         "storage_commitment": True,
@@ -111,7 +118,7 @@ def _settings(tmp_path: Path, pacs_port: int, node_port: int, timeout_s: float) 
                 "ae_title": NODE_AE,
                 "bind_address": "127.0.0.1",
                 "port": node_port,
-                "allowed_callers": [PACS_AE],
+                "allowed_callers": [pacs_ae],
                 "min_free_disk_mb": 0,
                 "network_timeout_s": 5,
             },
@@ -219,3 +226,51 @@ def test_no_report_in_time_fails_the_attempt_and_a_late_report_is_taken_next_tim
     assert _export(factory).status == "sent"
     assert sorted(committing_pacs.received) == sorted(approved_study.sop_uids)  # nothing sent twice
     assert _commitments(factory) == [("scu", "committed", 0)]  # and nothing asked twice
+
+
+# --- against Orthanc (Debian's 1.10), the Storage Commitment SCP ---------------------------------------------------
+
+
+def test_orthanc_commits_the_series_on_a_new_association_to_our_receiver(
+    tmp_path: Path, factory: sessionmaker[Session], approved_study: ApprovedStudy, orthanc: Orthanc, node_port: int
+) -> None:
+    settings = _settings(tmp_path, orthanc.dicom_port, node_port, timeout_s=30, pacs_ae=ORTHANC_AE)
+    receiver = _receiver(settings, factory)
+    try:
+        orthanc.declare_modality("node", NODE_AE, receiver.port)  # where Orthanc sends its N-EVENT-REPORT
+        assert run_due_exports(factory, settings) == 1
+    finally:
+        receiver.stop()
+    assert _export(factory).status == "sent"
+    assert _commitments(factory) == [("scu", "committed", 0)]
+    held = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.get("/instances")}
+    assert held == set(approved_study.sop_uids)
+
+
+def test_orthanc_fails_an_instance_it_does_not_hold_with_its_reason(
+    tmp_path: Path, factory: sessionmaker[Session], approved_study: ApprovedStudy, orthanc: Orthanc, node_port: int
+) -> None:
+    """Asked for an instance never sent to it, Orthanc reports 0x0112; our receiver files that on the request."""
+    settings = _settings(tmp_path, orthanc.dicom_port, node_port, timeout_s=30, pacs_ae=ORTHANC_AE)
+    receiver = _receiver(settings, factory)
+    with transaction(factory) as session:  # the study's export row, as the dispatcher makes it
+        schedule_exports(session, session.scalars(select(Study)).one(), settings)
+    with factory() as session:
+        export_id = session.scalars(select(Export.id)).one()
+    uid = generate_uid()
+    try:
+        orthanc.declare_modality("node", NODE_AE, receiver.port)
+        with transaction(factory) as session:
+            open_request(session, uid, export_id=export_id, peer_ae_title=ORTHANC_AE, instances=1)
+        destination = build_destinations(settings)["pacs"]
+        request = CommitmentRequest(uid, (Reference(MRImageStorage, approved_study.sop_uids[0]),))
+        destination.request_commitment(request, on_report=lambda result, peer: None)  # type: ignore[attr-defined]
+        wait_for(lambda: _commitments(factory)[0][1] != "pending", 30, "Orthanc's report to be filed", 0.2)
+    finally:
+        receiver.stop()
+    with factory() as session:
+        row = session.scalars(select(StorageCommitment)).one()
+        assert (row.status, row.failed) == ("failed", 1)
+        assert row.failures == [
+            {"sop_class_uid": MRImageStorage, "sop_instance_uid": approved_study.sop_uids[0], "reason": 0x0112}
+        ]
