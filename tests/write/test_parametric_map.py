@@ -20,6 +20,7 @@ from codebrain_node.db.session import session_factory, transaction, upgrade
 from codebrain_node.db.superseding import supersede
 from codebrain_node.engine.weights import load_model
 from codebrain_node.engine.worker import Engine as Worker
+from codebrain_node.export.base import destination_class
 from codebrain_node.export.dispatch import run_due_exports
 from codebrain_node.model import CodeBrain, ModelConfig, save_inference_checkpoint
 from codebrain_node.phantom.case import make_phantom_case
@@ -30,7 +31,7 @@ from codebrain_node.route.stable import check_stable_studies
 from codebrain_node.write.parametric_map import CONFIDENCE_SCALE, WrittenParametricMap, write_confidence_map
 from codebrain_node.write.synthetic_series import WrittenSeries, write_synthetic_series
 from tests.dicom_fixtures import DCIODVFY, dciodvfy_errors, free_port
-from tests.e2e.e2e_support import STORESCP, StoreSCP, require
+from tests.e2e.e2e_support import NODE_AE, ORTHANC, STORESCP, Orthanc, StoreSCP, orthanc_destination, require
 
 PARAMETRIC_MAP_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
 KOS_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -128,6 +129,24 @@ def test_a_map_that_does_not_fit_the_series_is_refused(written, tmp_path: Path) 
     series, confidence, _ = written
     with pytest.raises(ValueError, match="confidence is"):
         write_confidence_map(series, confidence[:, :8], tmp_path, model_name="m", model_version="1", series_number=1)
+
+
+def test_orthanc_stores_the_map_the_node_sends(written, tmp_path: Path) -> None:
+    """A PACS takes it: the node's C-STORE (contexts from the files) to Orthanc, which files it beside the series."""
+    require(ORTHANC, "Orthanc")
+    series, _, confidence_map = written
+    pacs = Orthanc(tmp_path / "orthanc")
+    try:
+        settings = Settings.model_validate({"export": {"calling_ae_title": NODE_AE}})
+        entry = orthanc_destination(pacs)
+        destination = destination_class(entry.kind).from_settings(entry, settings)
+        destination.send([*series.paths, confidence_map.instance.path])
+        stored = {s["MainDicomTags"]["SeriesInstanceUID"]: s for s in pacs.series()}
+        held = stored[confidence_map.series_instance_uid]
+        assert held["MainDicomTags"]["Modality"] == "OT" and len(held["Instances"]) == 1
+        assert held["ParentStudy"] == stored[series.series_instance_uid]["ParentStudy"]
+    finally:
+        pacs.stop()
 
 
 # --- a node with confidence on: engine, exporter, superseding ---------------------------------------------------
