@@ -1,5 +1,5 @@
-"""What the node holds, for ``codebrain-node status``: studies, their series and contrasts, jobs and exports, and
-the associations senders hold open.
+"""What the node holds, for ``codebrain-node status``: studies, their series and contrasts, jobs and exports, the
+associations senders hold open, and Storage Commitment transactions (pending, committed, failed, timed out).
 
 Identifies studies by UID and accession-free numbers only: status output ends up in tickets and chat, so it
 carries no patient names or IDs. A superseded synthetic series is listed as such (never as one the study has),
@@ -16,13 +16,17 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, selectinload
 
 from codebrain_node.db.associations import StudyHold, count_associations, holds_of, open_associations
+from codebrain_node.db.commitments import commitment_counts
 from codebrain_node.db.models import (
     AuditEvent,
+    CommitmentRole,
+    CommitmentStatus,
     Export,
     ExportKind,
     ExportStatus,
     Job,
     Series,
+    StorageCommitment,
     Study,
     StudyState,
     as_utc,
@@ -171,6 +175,42 @@ def association_lines(session: Session) -> list[str]:
     return out
 
 
+#: Storage Commitment transactions (PS3.4 Annex J) by our role, in the order ``status`` names them.
+_COMMITMENT_ROLES = (("scu", "we asked destinations"), ("scp", "peers asked us"))
+_COMMITMENT_STATES = ("pending", "committed", "failed", "timed_out")
+
+
+def commitment_lines(session: Session) -> list[str]:
+    """``storage commitment: we asked destinations 1 pending, 4 committed; peers asked us 2 committed, 1 failed``,
+    and the transactions not committed, newest first (a few)."""
+    counts = commitment_counts(session)
+    if not counts:
+        return []
+    parts = []
+    for role, words in _COMMITMENT_ROLES:
+        mine = [
+            f"{counts[(role, state)]} {state.replace('_', ' ')}"
+            for state in _COMMITMENT_STATES
+            if (role, state) in counts
+        ]
+        if mine:
+            parts.append(f"{words} {', '.join(mine)}")
+    out = [f"storage commitment: {'; '.join(parts)}"]
+    unsettled = session.scalars(
+        select(StorageCommitment)
+        .where(StorageCommitment.status != CommitmentStatus.COMMITTED)
+        .order_by(StorageCommitment.id.desc())
+        .limit(5)
+    )
+    for row in unsettled:
+        side = "asked of" if row.role == CommitmentRole.SCU else "asked by"
+        out.append(
+            f"  {row.status} {row.transaction_uid} {side} {row.peer_ae_title or '?'}: {row.instances} instance(s), "
+            f"{row.failed} failed{f' ({row.detail[:80]})' if row.detail else ''}"
+        )
+    return out
+
+
 def render(session: Session, limit: int = 50) -> str:
     """The text ``codebrain-node status`` prints."""
     problem = schema_problem(session)
@@ -181,6 +221,7 @@ def render(session: Session, limit: int = 50) -> str:
     counts = queue_counts(session)
     out.append("jobs: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none"))
     out.extend(association_lines(session))
+    out.extend(commitment_lines(session))
     out.append(f"studies ({len(lines)} shown):")
     if not lines:
         out.append("  none yet")

@@ -1,4 +1,5 @@
-"""``codebrain-node status``: nothing yet on an empty database, open associations, superseded series as such."""
+"""``codebrain-node status``: nothing yet on an empty database, open associations, superseded series as such,
+Storage Commitment transactions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from codebrain_node.db.associations import open_association
-from codebrain_node.db.models import Export, ExportKind, ExportStatus, Instance, Series, Study, utcnow
+from codebrain_node.db.models import (
+    CommitmentRole,
+    CommitmentStatus,
+    Export,
+    ExportKind,
+    ExportStatus,
+    Instance,
+    Series,
+    StorageCommitment,
+    Study,
+    utcnow,
+)
 from codebrain_node.db.session import downgrade, session_factory, transaction, upgrade
 from codebrain_node.node.status import NOTHING_YET, render
 from tests.test_cli import run_cli
@@ -86,3 +98,26 @@ def test_status_shows_open_associations_what_a_study_waits_for_and_superseded_se
     assert "superseded: FLAIR #1022 (FLAIR acquired: series #5)" in text
     assert "exports: 2 sent; rejection notes: 1 sent" in text
     assert "Doe" not in text
+
+
+def test_status_counts_storage_commitments_by_role_and_lists_those_not_committed(sqlite_engine: Engine) -> None:
+    upgrade(sqlite_engine)
+    factory = session_factory(sqlite_engine)
+    with transaction(factory) as session:
+        for uid, role, status, failed, detail in [
+            ("2.25.1", CommitmentRole.SCU, CommitmentStatus.COMMITTED, 0, None),
+            ("2.25.2", CommitmentRole.SCU, CommitmentStatus.PENDING, 0, None),
+            ("2.25.3", CommitmentRole.SCU, CommitmentStatus.TIMED_OUT, 0, "no report within 60 s"),
+            ("2.25.4", CommitmentRole.SCP, CommitmentStatus.FAILED, 1, "reported on the same association"),
+        ]:
+            row = StorageCommitment(transaction_uid=uid, role=role, status=status, peer_ae_title="PACS", detail=detail)
+            row.instances, row.failed, row.failures = 3, failed, []
+            session.add(row)
+    with factory() as session:
+        text = render(session)
+    assert (
+        "storage commitment: we asked destinations 1 pending, 1 committed, 1 timed out; peers asked us 1 failed" in text
+    )
+    assert "timed_out 2.25.3 asked of PACS: 3 instance(s), 0 failed (no report within 60 s)" in text
+    assert "failed 2.25.4 asked by PACS: 3 instance(s), 1 failed (reported on the same association)" in text
+    assert "2.25.1" not in text  # committed ones are counted, not listed
