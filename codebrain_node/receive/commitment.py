@@ -42,6 +42,9 @@ from codebrain_node.write.storage_commitment import (
 
 log = logging.getLogger(__name__)
 
+#: Requests answered at once; beyond, an N-ACTION is refused 0x0213 (resource limitation) and may be sent again.
+MAX_CONCURRENT_ANSWERS = 16
+
 #: (SOP Class UID, SOP Instance UID) → (the same, Failure Reason or None when committed).
 Check = Callable[[Sequence[tuple[str, str]]], list[tuple[str, str, int | None]]]
 
@@ -95,8 +98,9 @@ class CommitmentResponder:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def accept(self, request: CommitmentRequest, assoc: Association, calling_ae_title: str) -> None:
-        """Called on the association's thread after the N-ACTION is accepted: answer in the background."""
+    def accept(self, request: CommitmentRequest, assoc: Association, calling_ae_title: str) -> bool:
+        """Called on the association's thread for a valid N-ACTION: answer in the background. False when
+        :data:`MAX_CONCURRENT_ANSWERS` are under way already (the request is refused)."""
         thread = threading.Thread(
             target=self._answer,
             args=(request, assoc, calling_ae_title, datetime.now(UTC)),
@@ -105,8 +109,11 @@ class CommitmentResponder:
         )
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
+            if len(self._threads) >= MAX_CONCURRENT_ANSWERS:
+                return False
             self._threads.append(thread)
         thread.start()
+        return True
 
     def join(self, timeout_s: float = 30.0) -> None:
         """Wait for the reports under way (``stop``, and tests)."""

@@ -571,7 +571,8 @@ class Receiver:
     def _on_commitment_request(self, event: Event) -> tuple[int, None]:
         """N-ACTION "Request Storage Commitment" (PS3.4 J.3.2): accepted here (0x0000), answered later by an
         N-EVENT-REPORT from the responder; refused 0x0123 for another action, 0x0117 for another SOP Instance than
-        the well-known one, 0x0120 without a Transaction UID or references, 0x0110 when we are no SCP."""
+        the well-known one, 0x0120 without a Transaction UID or references, 0x0213 while too many are being
+        answered, 0x0110 when we are no SCP."""
         calling = (event.assoc.requestor.ae_title or "").strip()
         request = event.request
         if request.ActionTypeID != REQUEST_COMMITMENT:
@@ -597,7 +598,13 @@ class Receiver:
             calling,
             len(commitment.references),
         )
-        self.commitments.accept(commitment, event.assoc, calling)
+        if not self.commitments.accept(commitment, event.assoc, calling):
+            log.warning(
+                "storage commitment %s from %s refused (0x0213): too many under way",
+                commitment.transaction_uid,
+                calling,
+            )
+            return 0x0213, None
         return 0x0000, None
 
     def _on_commitment_report(self, event: Event) -> tuple[int, None]:
