@@ -412,6 +412,17 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """One Orthanc for a module's tests (each starts in about a second and stops in three), for tests that only add
+    to what it holds."""
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def orthanc_destination(server: Orthanc) -> DicomDestinationSettings:
     return DicomDestinationSettings(name="orthanc", ae_title=PACS_AE, host="127.0.0.1", port=server.dicom_port)
 

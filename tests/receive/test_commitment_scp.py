@@ -26,11 +26,11 @@ from codebrain_node.write.storage_commitment import (
 )
 from tests.dicom_fixtures import free_port, make_mr_instance
 from tests.e2e.e2e_support import PACS_AE as ORTHANC_AE
-from tests.e2e.e2e_support import Orthanc, orthanc, wait_for
+from tests.e2e.e2e_support import Orthanc, module_orthanc, wait_for
 from tests.receive.conftest import CALLER, node_settings
 
 PEER = "PEERSCU"
-__all__ = ["orthanc"]  # the fixture, from e2e_support
+__all__ = ["module_orthanc"]  # the fixture, from e2e_support
 REPORT_WAIT_S = 30.0
 
 
@@ -209,30 +209,30 @@ def _orthanc_result(pacs: Orthanc, transaction_uid: str) -> dict:
 
 
 def test_orthanc_asks_and_gets_committed_and_failed_instances_on_a_new_association(
-    tmp_path: Path, factory: sessionmaker[Session], orthanc: Orthanc
+    tmp_path: Path, factory: sessionmaker[Session], module_orthanc: Orthanc
 ) -> None:
     """Orthanc as Storage Commitment SCU (POST /modalities/{id}/storage-commitment): it releases the N-ACTION's
     association at once and takes the report on a new one to its own DICOM port, as the known peer ORTHANC."""
-    peers = [{"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+    peers = [{"ae_title": ORTHANC_AE, "host": "127.0.0.1", "port": module_orthanc.dicom_port}]
     service = _start(tmp_path, factory, peers=peers, callers=[ORTHANC_AE])
     try:
-        orthanc.declare_modality("node", "CODEBRAIN", service.port)
+        module_orthanc.declare_modality("node", "CODEBRAIN", service.port)
         stored = _store(service.port, 2)
         unknown = generate_uid()
         instances = [{"SOPClassUID": MRImageStorage, "SOPInstanceUID": ds.SOPInstanceUID} for ds in stored]
-        asked = orthanc.send(
+        asked = module_orthanc.send(
             "POST",
             "/modalities/node/storage-commitment",
             {"DicomInstances": [*instances, {"SOPClassUID": MRImageStorage, "SOPInstanceUID": unknown}]},
         )
-        answer = _orthanc_result(orthanc, asked["ID"])
+        answer = _orthanc_result(module_orthanc, asked["ID"])
         assert answer["Status"] == "Failure"
         assert sorted(item["SOPInstanceUID"] for item in answer["Success"]) == sorted(
             ds.SOPInstanceUID for ds in stored
         )
         assert [(f["SOPInstanceUID"], f["FailureReason"]) for f in answer["Failures"]] == [(unknown, 0x0112)]
-        all_held = orthanc.send("POST", "/modalities/node/storage-commitment", {"DicomInstances": instances})
-        assert _orthanc_result(orthanc, all_held["ID"])["Status"] == "Success"
+        all_held = module_orthanc.send("POST", "/modalities/node/storage-commitment", {"DicomInstances": instances})
+        assert _orthanc_result(module_orthanc, all_held["ID"])["Status"] == "Success"
         service.receiver.commitments.join()  # type: ignore[union-attr]
         service.recorder.flush(10)
     finally:
