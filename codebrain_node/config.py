@@ -131,6 +131,16 @@ class DicomSettings(_Section):
                 raise ValueError(f"AE title {title!r} must have 1 to 16 characters")
         return [title.strip() for title in value]
 
+    @field_validator("storage_commitment_peers")
+    @classmethod
+    def _one_entry_per_peer(cls, value: list[StorageCommitmentPeer]) -> list[StorageCommitmentPeer]:
+        """Peers are looked up by AE title: two entries for one title would leave one unused."""
+        titles = [peer.ae_title.strip() for peer in value]
+        repeated = sorted({title for title in titles if titles.count(title) > 1})
+        if repeated:
+            raise ValueError(f"storage_commitment_peers: {', '.join(map(repr, repeated))} listed more than once")
+        return value
+
     @model_validator(mode="after")
     def _tls_complete(self) -> DicomSettings:
         """TLS needs a certificate and key; two listeners need two ports. (The files are read at start.)"""
