@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from codebrain_node.db.associations import StudyHold, count_associations, holds_of, open_associations
@@ -182,7 +182,7 @@ _COMMITMENT_STATES = ("pending", "committed", "failed", "timed_out")
 
 def commitment_lines(session: Session) -> list[str]:
     """``storage commitment: we asked destinations 1 pending, 4 committed; peers asked us 2 committed, 1 failed``,
-    and the transactions not committed, newest first (a few)."""
+    and the transactions not committed (or whose report did not reach the requester), newest first (a few)."""
     counts = commitment_counts(session)
     if not counts:
         return []
@@ -198,7 +198,10 @@ def commitment_lines(session: Session) -> list[str]:
     out = [f"storage commitment: {'; '.join(parts)}"]
     unsettled = session.scalars(
         select(StorageCommitment)
-        .where(StorageCommitment.status != CommitmentStatus.COMMITTED)
+        # not committed, or committed but the report never reached the requester
+        .where(
+            or_(StorageCommitment.status != CommitmentStatus.COMMITTED, StorageCommitment.detail.like("not reported%"))
+        )
         .order_by(StorageCommitment.id.desc())
         .limit(5)
     )

@@ -109,15 +109,16 @@ def test_status_counts_storage_commitments_by_role_and_lists_those_not_committed
             ("2.25.2", CommitmentRole.SCU, CommitmentStatus.PENDING, 0, None),
             ("2.25.3", CommitmentRole.SCU, CommitmentStatus.TIMED_OUT, 0, "no report within 60 s"),
             ("2.25.4", CommitmentRole.SCP, CommitmentStatus.FAILED, 1, "reported on the same association"),
+            ("2.25.5", CommitmentRole.SCP, CommitmentStatus.COMMITTED, 0, "not reported: association to X rejected"),
         ]:
             row = StorageCommitment(transaction_uid=uid, role=role, status=status, peer_ae_title="PACS", detail=detail)
             row.instances, row.failed, row.failures = 3, failed, []
             session.add(row)
     with factory() as session:
         text = render(session)
-    assert (
-        "storage commitment: we asked destinations 1 pending, 1 committed, 1 timed out; peers asked us 1 failed" in text
-    )
+    counts = "we asked destinations 1 pending, 1 committed, 1 timed out; peers asked us 1 committed, 1 failed"
+    assert f"storage commitment: {counts}" in text
     assert "timed_out 2.25.3 asked of PACS: 3 instance(s), 0 failed (no report within 60 s)" in text
     assert "failed 2.25.4 asked by PACS: 3 instance(s), 1 failed (reported on the same association)" in text
+    assert "committed 2.25.5 asked by PACS: 3 instance(s), 0 failed (not reported: association to X rejected)" in text
     assert "2.25.1" not in text  # committed ones are counted, not listed

@@ -239,3 +239,12 @@ def test_orthanc_asks_and_gets_committed_and_failed_instances_on_a_new_associati
         service.stop()
     assert _row(factory, asked["ID"]).status == "failed"
     assert _row(factory, all_held["ID"]).status == "committed"
+
+
+def test_a_requester_listed_twice_among_the_known_peers_is_a_configuration_error(tmp_path: Path) -> None:
+    twice = [
+        {"ae_title": PEER, "host": "127.0.0.1", "port": 104},
+        {"ae_title": PEER, "host": "127.0.0.2", "port": 11112},
+    ]
+    with pytest.raises(ValueError, match="'PEERSCU' listed more than once"):
+        node_settings(tmp_path, storage_commitment_peers=twice)
