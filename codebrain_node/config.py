@@ -274,6 +274,8 @@ class EngineSettings(_Section):
     poll_interval_s: Annotated[float, Field(gt=0)] = 2.0
     #: A claimed job whose worker has been silent this long is taken back.
     lease_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    #: Brain extraction before the model (imaging/brain_extraction.py): "deepbet", or "off" for the head mask.
+    brain_extraction: Literal["off", "deepbet"] = "off"
 
 
 class ReviewUser(_Section):

@@ -19,14 +19,20 @@ The rules, in order:
    with linear interpolation onto the prepared grid (after an anti-aliasing blur when a series is much finer).
 4. **Foreground mask** from the reference: Otsu threshold of the smoothed image, largest connected component,
    holes filled slice by slice. For skull-stripped data this is the brain; for skull-on data it is the head.
+   With ``brain_extraction="deepbet"`` (``engine.brain_extraction``) the mask is the reference's brain instead
+   (:mod:`codebrain_node.imaging.brain_extraction`, with its documented fallback to the head mask), every
+   prepared volume is zero outside it, as the skull-stripped training volumes are.
 5. **Intensity to [0, 1]**, per volume: ``(x − p0.5) / (p99.5 − p0.5)`` clipped to [0, 1], where the percentiles
-   are taken over that volume's voxels inside the foreground mask. The window of each series is kept.
+   are taken over that volume's voxels inside the foreground (or brain) mask. The window of each series is kept.
 
 The inverse (:func:`restore`) resamples a prepared-grid volume back onto the *original* reference series' grid
 (size, spacing, origin, direction, pixel type) and scales [0, 1] onto the reference series' own window
 ``p0.5 + y·(p99.5 − p0.5)``: a synthetic contrast has no acquired range of its own, so it borrows the reference's,
 which keeps viewer windowing sensible. Restoring the reference's own prepared array reproduces the reference
-(exactly up to float rounding when no in-plane resampling was needed; up to interpolation otherwise).
+(exactly up to float rounding when no in-plane resampling was needed; up to interpolation otherwise). After brain
+extraction the restored volume is zero outside the brain mask on the reference's own grid: a synthetic series shows
+the brain only, and a reference slice without brain becomes a zero image (still one image per reference slice, so
+the series stays slice for slice with its reference).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from codebrain_node.contrasts import Contrast
+from codebrain_node.imaging.brain_extraction import BrainMask, extract_brain
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,8 @@ class PreparedStudy:
     reference_image: sitk.Image  # the original reference series, untouched
     windows: dict[Contrast, tuple[float, float]]  # (low, high) intensity window of each series
     registrations: dict[Contrast, RegistrationResult] = field(default_factory=dict)
+    #: The brain extraction's mask on the reference's own grid (None: ``brain_extraction="off"``).
+    brain_extraction: BrainMask | None = None
 
     def array(self, contrast: Contrast) -> np.ndarray:
         """The prepared [Z, size, size] volume of one contrast."""
@@ -267,11 +276,13 @@ def prepare_study(
     size: int = 256,
     register: bool = True,
     spacing_mm: float | None = 1.0,
+    brain_extraction: str = "off",
 ) -> PreparedStudy:
     """Bring the available series of one study onto the reference's prepared grid, normalised to [0, 1].
 
     ``register=True`` rigidly registers every series whose grid differs from the reference's; series already on
-    the reference grid (co-registered data) are never moved.
+    the reference grid (co-registered data) are never moved. ``brain_extraction="deepbet"`` masks every volume
+    with the reference's brain and normalises it on the brain (rule 4).
     """
     if reference not in volumes:
         raise ValueError(f"reference contrast {reference} is not among the volumes {sorted(volumes)}")
@@ -292,7 +303,13 @@ def prepare_study(
         resampled[contrast] = sitk.GetArrayFromImage(resample_onto(image, grid, transform))
         if transform is not None:
             registrations[contrast] = RegistrationResult(transform, float("nan"), float("nan"))
-    mask = mask_on_grid(reference_image, grid)
+    extracted = None
+    if brain_extraction == "off":
+        mask = mask_on_grid(reference_image, grid)
+    else:
+        extracted = extract_brain(reference_image, brain_extraction)
+        brain = sitk.Resample(extracted.mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        mask = sitk.GetArrayFromImage(brain).astype(bool)
     for contrast, result in registrations.items():
         before = sitk.GetArrayFromImage(resample_onto(volumes[contrast], grid))
         result.similarity_before = normalised_mutual_information(resampled[reference], before, mask)
@@ -306,6 +323,8 @@ def prepare_study(
         )
     windows = {c: intensity_window(resampled[c], mask) for c in order}
     arrays = np.stack([normalise(resampled[c], windows[c]) for c in order])
+    if extracted is not None and extracted.is_brain:
+        arrays *= mask[None]  # the brain only, as the skull-stripped training volumes
     return PreparedStudy(
         arrays=arrays,
         contrasts=order,
@@ -315,6 +334,7 @@ def prepare_study(
         reference_image=reference_image,
         windows=windows,
         registrations=registrations,
+        brain_extraction=extracted,
     )
 
 
@@ -323,11 +343,15 @@ def restore(prepared: PreparedStudy, synthetic: np.ndarray, *, window_of: Contra
 
     The result has the reference's size, spacing, origin, direction and pixel type; intensities are
     ``low + y·(high − low)`` with the reference's window (or ``window_of``'s, when that series was available);
-    integer series are rounded and clipped to [0, dtype max] (MR magnitudes are never negative).
+    integer series are rounded and clipped to [0, dtype max] (MR magnitudes are never negative). After brain
+    extraction everything outside the reference's brain mask is 0.
     """
     low, high = prepared.windows[window_of or prepared.reference]
     scaled = low + np.clip(synthetic.astype(np.float32), 0.0, 1.0) * (high - low)
     restored = _onto_reference(prepared, scaled)
+    extracted = prepared.brain_extraction
+    if extracted is not None and extracted.is_brain:
+        restored = sitk.Mask(restored, extracted.mask, 0.0)
     target = prepared.reference_image
     pixel_type = target.GetPixelID()
     if pixel_type in (sitk.sitkFloat32, sitk.sitkFloat64):
