@@ -62,6 +62,8 @@ class JobResult:
     #: The confidence of each written series as a Parametric Map, when the model gives one.
     confidence_maps: dict[Contrast, WrittenParametricMap] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: What the brain extraction did (``engine.brain_extraction``), one line for the job's log and audit; "" when off.
+    brain_extraction: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,13 +154,15 @@ def impute_study(
     batch_size: int,
     image_size: int,
     numbering: Numbering | None = None,
+    brain_extraction: str = "off",
 ) -> JobResult:
     """The pure pipeline of one job (no database): preprocess → model → invert → write, timed per stage. When the
     model gives a confidence, each series gets its confidence map beside it (``confidence.npy`` for the review page,
     and a Parametric Map series for PACS).
 
     ``numbering``: the study's used series numbers (a new series never takes one) and, per target, the number of
-    the earlier synthetic series it replaces.
+    the earlier synthetic series it replaces. ``brain_extraction`` (``engine.brain_extraction``): ``deepbet``
+    gives the model the brain only, and the synthetic series are zero outside it (imaging/preprocess.py).
     """
     numbering = numbering or Numbering()
     result = JobResult()
@@ -166,7 +170,15 @@ def impute_study(
     available = [contrast for contrast in REFERENCE_PREFERENCE if contrast in inputs]
     available += [contrast for contrast in inputs if contrast not in available]
     reference = choose_reference(available)
-    prepared = prepare_study({c: inputs[c].image for c in available}, reference, size=image_size, register=True)
+    prepared = prepare_study(
+        {c: inputs[c].image for c in available},
+        reference,
+        size=image_size,
+        register=True,
+        brain_extraction=brain_extraction,
+    )
+    if prepared.brain_extraction is not None:
+        result.brain_extraction = prepared.brain_extraction.describe()
     stacked = np.stack([prepared.arrays[prepared.contrasts.index(c)] for c in available])
     result.timings["preprocess_s"] = time.perf_counter() - clock
 
@@ -419,6 +431,8 @@ class Engine:
             )
             study = job.study
             actor = f"engine:{self.name}"
+            if result.brain_extraction:
+                audit(session, actor, "brain_extraction", study, job_id=job.id, result=result.brain_extraction)
             created = record_written_series(session, study, result.written, result.confidence_maps)
             supersede_replaced(session, study, created, job, actor)
             # Instances that arrived while the job ran were not among its inputs: nothing of this result goes out
@@ -461,7 +475,10 @@ class Engine:
             batch_size=self.settings.model.batch_size,
             image_size=int(getattr(self.model.network.cfg, "image_size", 256)),
             numbering=numbering,
+            brain_extraction=self.settings.engine.brain_extraction,
         )
+        if result.brain_extraction:
+            log.info("job %s: %s", job_id, result.brain_extraction)
         result.timings["load_s"] = load_s
         return result
 
