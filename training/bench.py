@@ -2,7 +2,8 @@
 tensors, beside its parameter count. They live with the trainer, which owns the training step they time.
 
 Inference is what the engine runs: ``model.impute`` (prior encoder + E_c + decoder, no posterior encoder) on a
-batch of slices with one contrast missing, under inference_mode, channels_last, bf16 autocast on CUDA. Training
+batch of slices with one contrast missing, under inference_mode, channels_last, the weights cast to bf16 where
+bf16 is native (CUDA; CPUs with AVX-512 BF16 or AMX) unless fp32 is asked for; optionally ``torch.compile``d. Training
 is the trainer's own ``train_step`` (``training/stage1.py``, ``training/stage2.py``) with the shipped default
 recipe (``configs/train/default.toml``: optimisers, betas, loss weights, GAN weight, discriminator): Stage I at a
 step where the GAN term is on (generator + discriminator updates), Stage II the grading loss on the prior.
@@ -21,7 +22,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from codebrain_node.model import CodeBrain, DirectRegression, ModelConfig
-from codebrain_node.model.codebrain import inference_settings
 from codebrain_node.resources import config_file
 from training.loop import Distributed
 from training.stage1 import Stage1Task
@@ -99,26 +99,36 @@ def bench_inference(
     *,
     warmup: int = 1,
     precision: str = "auto",
+    compile: bool = False,
     baseline: bool = False,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Slices per second of ``impute`` (CodeBrain, or the direct-regression baseline when ``baseline``)."""
+    """Slices per second of ``impute`` (CodeBrain, or the direct-regression baseline when ``baseline``), the
+    network prepared as the engine prepares it (``for_inference``: channels_last, bf16 weights where
+    ``precision`` says so); ``compile`` wraps its synthesis in ``torch.compile`` (the compilation, timed apart as
+    ``compile_s``, is the first call)."""
     device = torch.device(device)
-    model = (DirectRegression(cfg) if baseline else CodeBrain(cfg)).to(device).eval()
-    channels_last, bf16 = inference_settings(device, precision)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    network = (DirectRegression(cfg) if baseline else CodeBrain(cfg)).for_inference(device, precision)
+    dtype = next(network.parameters()).dtype
     data = _random_batch(cfg, batch, size, device)
+    compile_s = 0.0
     with _threads(threads):
-        seconds, cpu_seconds = _timed(lambda: model.impute(**data, precision=precision), device, steps, warmup)
-        result = _describe(cfg, model, device, batch, size)
+        if compile:
+            network._synthesise = torch.compile(network._synthesise)  # type: ignore[method-assign]
+            started = time.perf_counter()
+            network.impute(**data, precision=precision)
+            compile_s = time.perf_counter() - started
+        seconds, cpu_seconds = _timed(lambda: network.impute(**data, precision=precision), device, steps, warmup)
+        result = _describe(cfg, network, device, batch, size)
     result.update(
-        precision="bf16" if bf16 else "fp32",
-        channels_last=channels_last,
+        precision="bf16" if dtype == torch.bfloat16 else "fp32",
+        channels_last=True,
+        compiled=compile,
+        compile_s=compile_s,
         seconds_per_batch=seconds,
         slices_per_s=batch / seconds,
         cpu_seconds_per_batch=cpu_seconds,
-        gflops_per_slice=inference_gflops_per_slice(model, cfg, size),
+        gflops_per_slice=inference_gflops_per_slice(network, cfg, size),
     )
     return result
 
@@ -171,12 +181,14 @@ def bench_train(
 def format_result(result: dict[str, Any]) -> str:
     """One human line per benchmark, for the CLI."""
     head = f"{result['config']:>8} {result['model']:<16} {result['device']} ×{result['threads']} threads, "
-    head += f"batch {result['batch']} @ {result['size']}², {result['precision']}, "
+    head += f"batch {result['batch']} @ {result['size']}², {result['precision']}"
+    head += ", compiled, " if result.get("compiled") else ", "
     head += f"{result['params_inference'] / 1e6:.2f} M inference / {result['params_total'] / 1e6:.2f} M total params: "
     if "slices_per_s" in result:
         return head + (
             f"{result['slices_per_s']:.1f} slices/s ({result['gflops_per_slice']:.1f} GFLOP/slice, "
-            f"{result['cpu_seconds_per_batch'] / result['batch'] * 1e3:.0f} CPU-ms/slice)"
+            f"{result['cpu_seconds_per_batch'] / result['batch'] * 1e3:.0f} CPU-ms/slice"
+            + (f", compiled in {result['compile_s']:.0f} s)" if result.get("compiled") else ")")
         )
     return (
         head + f"stage {result['stage']}: {result['steps_per_s']:.2f} steps/s ({result['images_per_s']:.2f} images/s)"

@@ -195,7 +195,8 @@ class PosteriorCodeMethod:
     The code reads the complete set, so it is the same for every pattern: the posterior encoder runs once per
     slice and only the common encoder and decoder (which read the incomplete set) run once per pattern. Decoding
     the complete set as well gives the Stage I reconstruction PSNR per slice, kept in ``reconstruction_psnr``
-    (set it to None to stop recording). Full precision (no bf16), like training's validation.
+    (set it to None to stop recording). In the model's own weights' precision: the served (bf16 where native)
+    copy in ``evaluate``, fp32 in training's validation.
     """
 
     model: CodeBrain
@@ -205,20 +206,22 @@ class PosteriorCodeMethod:
 
     def predict(self, images: Tensor, available: Tensor, brain_mask: Tensor) -> Tensor:
         s, p = available.shape[:2]
-        images = images.float().contiguous(memory_format=torch.channels_last)  # as impute(): ~25 % faster on CPU
+        dtype = next(self.model.parameters()).dtype
+        images = images.to(dtype).contiguous(memory_format=torch.channels_last)  # as impute(): ~25 % faster on CPU
         with torch.inference_mode():
             codes, _ = self.model.encode_codes(images)
             codes = codes.contiguous(memory_format=torch.channels_last)
             if self.reconstruction_psnr is not None:
                 complete = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
                 recon = self.model.decode(codes, images, complete).float().clamp(0, 1)
-                per_contrast = [psnr(recon[:, c], images[:, c]) for c in range(images.shape[1])]
+                per_contrast = [psnr(recon[:, c], images[:, c].float()) for c in range(images.shape[1])]
                 self.reconstruction_psnr.append(torch.stack(per_contrast, dim=1).mean(dim=1).cpu())
             inputs = per_pattern(codes, p), per_pattern(images, p), available.flatten(0, 1)
             outputs = []
             for pass_codes, pass_images, pass_available in passes(self.batch_size, *inputs):
                 recon = self.model.decode(pass_codes, pass_images, pass_available)
-                outputs.append(torch.where(pass_available[..., None, None], pass_images, recon.float().clamp(0, 1)))
+                recon = recon.float().clamp(0, 1)
+                outputs.append(torch.where(pass_available[..., None, None], pass_images.float(), recon))
         return torch.cat(outputs).unflatten(0, (s, p))
 
     def mean_reconstruction_psnr(self) -> float | None:
@@ -414,12 +417,14 @@ def evaluate(
     datasets: Any = None,
     nearest_fit_slices: int = 64,
     examples: int = 2,
+    precision: str = "auto",
 ) -> EvaluationResult:
     """Score a CodeBrain inference checkpoint (and the baselines) on ``split``; write table, CSV, JSON, PNG.
 
     ``datasets``: pre-built splits (tests); otherwise built from ``data_dir`` with the split stored in the
     checkpoint, so the test subjects are the ones training never saw. ``max_slices`` evenly subsamples the split.
     Progress and timings go to stderr (a long run is never silent); the table and where the files are, to stdout.
+    ``precision``: the model rows' weights, as the node runs them (``auto``: bf16 where native).
     """
     checkpoint = Path(checkpoint)
     chosen_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -444,14 +449,16 @@ def evaluate(
     forward_batch = batch_size or for_device(FORWARD_BATCH, chosen_device)
     methods: list[Method] = []
     tally = posterior = None
+    served = model.for_inference(chosen_device, precision)  # as the node loads it
     if isinstance(model, CodeBrain):
         tally = ConfidenceTally() if model.cfg.confidence else None
-        posterior = PosteriorCodeMethod(model, batch_size=forward_batch)
-        methods += [ImputerMethod(model, "CodeBrain", tally, forward_batch), posterior]
+        posterior = PosteriorCodeMethod(served, batch_size=forward_batch)
+        methods += [ImputerMethod(served, "CodeBrain", tally, forward_batch), posterior]
     else:
-        methods.append(ImputerMethod(model, "direct regression", batch_size=forward_batch))
+        methods.append(ImputerMethod(served, "direct regression", batch_size=forward_batch))
     if direct_checkpoint is not None:
         direct = load_inference_checkpoint(direct_checkpoint, map_location=chosen_device)
+        direct = direct.for_inference(chosen_device, precision)
         if tuple(direct.cfg.contrasts) != tuple(contrasts):
             raise ValueError(f"{direct_checkpoint} was trained on {direct.cfg.contrasts}, not {contrasts}")
         methods.append(ImputerMethod(direct, "direct regression", batch_size=forward_batch))
@@ -470,6 +477,7 @@ def evaluate(
         "split": split,
         "max_slices": max_slices,
         "device": str(chosen_device),
+        "precision": str(next(served.parameters()).dtype).removeprefix("torch."),
     }
     # The recorders stop here: the example grid below must not count its slices again.
     if posterior is not None:

@@ -5,6 +5,7 @@ Model speed is ``training.bench``, DICOM ingest ``receive.bench``, end to end ``
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -36,22 +37,48 @@ def _bench_devices(device: str) -> list[str]:
     return [device]
 
 
+def _choices(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    """``fp32,bf16`` → ["fp32", "bf16"], each checked against ``allowed``."""
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    wrong = [value for value in values if value not in allowed]
+    if wrong or not values:
+        raise typer.BadParameter(
+            f"{', '.join(wrong) or 'nothing'} given; choose from {', '.join(allowed)}", param_hint=option
+        )
+    return values
+
+
 @bench_app.command("inference")
 def bench_inference_command(
     configs: Annotated[str, typer.Option(help="Model configs, comma-separated.")] = "small,paper",
     device: Annotated[str, typer.Option(help="cpu, cuda, or all (cuda when present).")] = "all",
-    batch: Annotated[int, typer.Option(help="Slices per forward pass.")] = 8,
+    batch: Annotated[
+        str,
+        typer.Option(help="Slices per forward pass, comma-separated; auto: 1 for paper-size models on a CPU, else 8."),
+    ] = "auto",
     size: Annotated[int, typer.Option(help="Slice size (pixels).")] = 256,
     steps: Annotated[int, typer.Option(help="Timed batches.")] = 3,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
+    precision: Annotated[
+        str, typer.Option(help="Weights, comma-separated: fp32, bf16, auto (bf16 where native, as the engine).")
+    ] = "fp32,bf16",
+    compile: Annotated[str, typer.Option(help="torch.compile: off, on, or off,on.")] = "off",
 ) -> None:
-    """Slices/s of imputation (inference_mode, channels_last, bf16 on CUDA) and parameter counts."""
+    """Slices/s of imputation as the engine runs it (inference_mode, channels_last), each precision and compile
+    setting measured on and off, with parameter counts and CPU time per slice."""
     from training.bench import bench_inference, format_result
 
+    precisions = _choices(precision, ("fp32", "bf16", "auto"), "--precision")
+    compiles = [value == "on" for value in _choices(compile, ("off", "on"), "--compile")]
     for cfg in _bench_configs(configs):
         for name in _bench_devices(device):
-            run_batch = batch if cfg.naf_dim <= 16 or name == "cuda" else min(batch, 2)
-            typer.echo(format_result(bench_inference(cfg, name, run_batch, size, steps, threads=threads)))
+            wide = cfg.naf_dim > 16 and name == "cpu"  # paper-size maps outgrow the caches: one slice a pass
+            batches = [1 if wide else 8] if batch == "auto" else [int(value) for value in batch.split(",")]
+            for run_batch, run_precision, run_compile in itertools.product(batches, precisions, compiles):
+                result = bench_inference(
+                    cfg, name, run_batch, size, steps, precision=run_precision, compile=run_compile, threads=threads
+                )
+                typer.echo(format_result(result))
 
 
 @bench_app.command("train")

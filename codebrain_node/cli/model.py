@@ -95,6 +95,9 @@ def evaluate(
     split: Annotated[str, typer.Option(help="test (the checkpoint's held-out subjects), val, train, or all.")] = "test",
     max_slices: Annotated[int | None, typer.Option(help="Evenly subsample at most this many slices.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    precision: Annotated[
+        str, typer.Option(help="The model rows' weights: auto (bf16 where native, as the node runs), fp32, bf16.")
+    ] = "auto",
 ) -> None:
     """Score every missing-contrast pattern (PSNR, SSIM, MAE; full and brain-masked) against the baselines."""
     from codebrain_node.engine.weights import DEFAULT_WEIGHTS
@@ -108,6 +111,7 @@ def evaluate(
         split=split,
         max_slices=max_slices,
         device=device,
+        precision=precision,
     )
 
 

@@ -61,8 +61,9 @@ def expected_sha256(path: Path) -> str | None:
     return None
 
 
-def load_model(weights: Path | None, device_preference: str = "auto") -> LoadedModel:
-    """Load ``weights`` (default: the shipped checkpoint), verify shipped files, move to the chosen device."""
+def load_model(weights: Path | None, device_preference: str = "auto", precision: str = "auto") -> LoadedModel:
+    """Load ``weights`` (default: the shipped checkpoint), verify shipped files, move to the chosen device with
+    its weights in ``precision`` (``auto``: bf16 where native, see ``CodeBrain.for_inference``)."""
     path = Path(weights) if weights else DEFAULT_WEIGHTS
     if not path.exists():
         hint = " (the shipped weights are missing from weights/; reinstall the package)" if not weights else ""
@@ -76,13 +77,13 @@ def load_model(weights: Path | None, device_preference: str = "auto") -> LoadedM
     try:
         metadata = read_checkpoint_metadata(path)
         device = select_device(device_preference)
-        network = load_inference_checkpoint(path, map_location=device)
+        network = load_inference_checkpoint(path, map_location=device).for_inference(device, precision)
     except (ValueError, RuntimeError, OSError) as error:
         raise WeightsError(str(error)) from error
-    network.eval()
     name = metadata.get("model_name") or path.stem
     version = metadata.get("model_version") or digest[:12]
-    log.info("model %s %s on %s (sha256 %s)", name, version, device, digest[:12])
+    dtype = str(next(network.parameters()).dtype).removeprefix("torch.")
+    log.info("model %s %s on %s, %s (sha256 %s)", name, version, device, dtype, digest[:12])
     return LoadedModel(
         network=network,
         name=name,

@@ -366,7 +366,9 @@ class Engine:
     def model(self) -> LoadedModel:
         """Loaded on first use, so a node with an empty queue starts fast."""
         if self._model is None:
-            self._model = load_model(self.settings.model.weights, self.settings.model.device)
+            self._model = load_model(
+                self.settings.model.weights, self.settings.model.device, self.settings.model.precision
+            )
         return self._model
 
     def run(self, stop: threading.Event) -> None:

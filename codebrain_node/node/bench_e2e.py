@@ -143,7 +143,7 @@ def bench_e2e(
     for tool in (STORESCU, STORESCP, ECHOSCU):
         if not tool.exists():
             raise RuntimeError(f"bench e2e needs DCMTK ({tool} is missing)")
-    model = model or load_model(settings.model.weights, settings.model.device)
+    model = model or load_model(settings.model.weights, settings.model.device, settings.model.precision)
     work = Path(tempfile.mkdtemp(prefix="codebrain-bench-e2e-"))
     results = []
     try:

@@ -75,7 +75,7 @@ def run_demo(
     if folder.exists():
         shutil.rmtree(folder)
     scanner, pacs = folder / "scanner", folder / "pacs"
-    model = load_model(settings.model.weights, settings.model.device)
+    model = load_model(settings.model.weights, settings.model.device, settings.model.precision)
     progress(f"model {model.name} {model.version} ({', '.join(model.contrasts)}) on {model.device}")
 
     progress("simulating a phantom study (MNI152 anatomy, glioma-like lesion) ...")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -95,4 +96,31 @@ def test_bf16_precision_runs_on_cpu(tiny_config) -> None:
     images, available = _batch(4, 16)
     out = model.impute(images, available, precision="bf16").images
     assert out.dtype == torch.float32
-    assert (out - model.impute(images, available).images).abs().max() < 0.2
+    assert (out - model.impute(images, available, precision="fp32").images).abs().max() < 0.2
+
+
+def test_for_inference_casts_the_weights_as_asked_and_gives_the_fp32_images(tiny_config) -> None:
+    """The engine's network: bf16 weights when asked (no per-call autocast), fp32 kept when asked, and the bf16
+    network's images within bf16 rounding of the fp32 network's."""
+    torch.manual_seed(0)
+    cfg = tiny_config(4)
+    fp32 = CodeBrain(cfg).for_inference(torch.device("cpu"), "fp32")
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+    bf16 = copy.deepcopy(fp32).for_inference(torch.device("cpu"), "bf16")
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16} and not bf16.training
+    images, available = _batch(4, 16)
+    reference = fp32.impute(images, available, precision="fp32").images
+    out = bf16.impute(images, available, precision="bf16").images
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    assert torch.equal(out[available], images[available])  # acquired contrasts copied exactly, not rounded
+    assert 0 < float((out - reference).abs().max()) < 0.05
+
+
+def test_auto_precision_is_bf16_only_where_native() -> None:
+    from codebrain_node.model.codebrain import bf16_supported, inference_settings
+
+    cpu = torch.device("cpu")
+    assert inference_settings(cpu, "auto") == (True, bf16_supported(cpu))
+    assert inference_settings(cpu, "fp32") == (True, False) and inference_settings(cpu, "bf16") == (True, True)
+    with pytest.raises(ValueError, match="precision"):
+        inference_settings(cpu, "fp16")
