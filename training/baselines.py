@@ -69,22 +69,23 @@ class NearestContrast:
     def predict(self, images: Tensor, available: Tensor, brain_mask: Tensor | None = None) -> Tensor:
         """``[B, N, H, W]`` + availability ``[B, N]`` → every contrast (available ones copied through).
 
-        Slices that share a pattern share their sources, so they are matched together: one call per pattern and
-        target, not per slice (the evaluation passes every pattern of several slices at once)."""
+        A source's mapping onto a target does not depend on the pattern it came from, so each (source, target)
+        is matched once, on every row that uses it (the evaluation passes every pattern of several slices at
+        once: 12 matchings instead of 28 for four contrasts)."""
         mask = brain_mask if brain_mask is not None else torch.ones_like(images[:, 0], dtype=torch.bool)
         out = images.clone()
         device = images.device
         self.brain_quantiles = self.brain_quantiles.to(device)
         self.background_quantiles = self.background_quantiles.to(device)
-        patterns, pattern_of = torch.unique(available.bool(), dim=0, return_inverse=True)
-        for index, pattern in enumerate(patterns.tolist()):
-            rows = (pattern_of == index).nonzero(as_tuple=True)[0]
+        rows_of: dict[tuple[int, int], list[int]] = {}
+        for row, pattern in enumerate(available.bool().tolist()):
             present = [c for c, given in enumerate(pattern) if given]
             for target in range(images.shape[1]):
-                if pattern[target]:
-                    continue
-                source = self.source_for(target, present)
-                out[rows, target] = self.match(images[rows, source], source, target, mask[rows])
+                if not pattern[target]:
+                    rows_of.setdefault((self.source_for(target, present), target), []).append(row)
+        for (source, target), rows in rows_of.items():
+            index = torch.tensor(rows, device=device)
+            out[index, target] = self.match(images[index, source], source, target, mask[index])
         return out
 
 

@@ -13,19 +13,21 @@ Brain-masked variants average the squared/absolute error and the same full-size 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 MSE_FLOOR = 1e-10
 METRIC_NAMES = ("psnr", "ssim", "mae")
 SSIM_SINCE = (1, 4, 2)  # the first torchmetrics that reflect-pads and averages the full map
 SSIM_IMPLEMENTATION = (
-    f"torchmetrics {torchmetrics.__version__} structural_similarity_index_measure: data_range 1, "
-    "Gaussian 11x11 sigma 1.5, reflect padding, mean of the full map (brain: over brain pixels)"
+    f"torchmetrics {torchmetrics.__version__} structural_similarity_index_measure (the authors' metric), its "
+    "11x11 Gaussian window as two 11-tap passes (equal within 1e-5): data_range 1, sigma 1.5, reflect padding, "
+    "mean of the full map (brain: over brain pixels)"
 )
 
 
@@ -59,12 +61,46 @@ def mae(prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> Tenso
     return _masked_mean((prediction.float() - target.float()).abs(), mask)
 
 
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5  # torchmetrics' Gaussian window: int(3.5·σ + 0.5)·2 + 1 = 11 taps
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_band(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[size, size + 2r]``: row i holds the normalised 11-tap Gaussian at columns i … i + 2r, so ``band @ x``
+    filters a reflect-padded column to ``size`` values. Filtering as a matrix product runs on the GEMM kernels,
+    several times faster on a CPU than the same taps as a depthwise convolution."""
+    offsets = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
+    taps = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
+    taps = taps / taps.sum()
+    band = torch.zeros(size, size + 2 * SSIM_RADIUS, dtype=torch.float64)
+    for row in range(size):
+        band[row, row : row + taps.numel()] = taps
+    return band.to(dtype=dtype, device=device)
+
+
 def ssim_map(prediction: Tensor, target: Tensor) -> Tensor:
-    """``[B, H, W]`` pairs → torchmetrics' SSIM map, one value per pixel ``[B, H, W]`` (its mean is the SSIM)."""
-    _, values = structural_similarity_index_measure(
-        prediction.float().unsqueeze(1), target.float().unsqueeze(1), data_range=1.0, return_full_image=True
-    )
-    return values.squeeze(1)
+    """``[B, H, W]`` pairs → torchmetrics' SSIM map, one value per pixel ``[B, H, W]`` (its mean is the SSIM).
+
+    torchmetrics' computation (reflect padding by the window radius, the five local moments, population
+    statistics, K1 = 0.01, K2 = 0.03) with its 11×11 Gaussian window applied as a vertical and a horizontal 11-tap
+    pass: the window is the outer product of the 1-D kernel, so this is the same map (tests hold it to
+    torchmetrics' within 1e-5), in a fraction of the time that was most of an evaluation's scoring.
+    """
+    x, y = prediction.float().unsqueeze(1), target.float().unsqueeze(1)
+    r = SSIM_RADIUS
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    y = F.pad(y, (r, r, r, r), mode="reflect")
+    moments = torch.cat((x, y, x * x, y * y, x * y), dim=1)  # [B, 5, H + 2r, W + 2r]
+    height, width = prediction.shape[-2:]
+    vertical = _gaussian_band(height, moments.dtype, moments.device)
+    horizontal = _gaussian_band(width, moments.dtype, moments.device).T
+    mu_x, mu_y, xx, yy, xy = (vertical @ moments @ horizontal).unbind(1)
+    c1, c2 = 0.01**2, 0.03**2  # (K · data range)², data range 1
+    var_x = (xx - mu_x**2).clamp_min(0.0)
+    var_y = (yy - mu_y**2).clamp_min(0.0)
+    cov = xy - mu_x * mu_y
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
 def ssim(prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:

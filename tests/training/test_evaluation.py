@@ -127,6 +127,29 @@ def test_nearest_contrast_prefers_the_source_it_can_match():
     assert baseline.source_for(target=0, available=[1, 2]) == 2
 
 
+def test_nearest_contrast_predicts_every_row_as_matching_it_alone_would():
+    """predict() matches each (source, target) once for all rows that share it: the same images as one row at a
+    time, every available contrast copied untouched."""
+    contrasts = ("T1", "T2", "PD")
+    splits = make_splits(contrasts)
+    baseline = NearestContrast.fit(splits.train, contrasts)
+    images = torch.stack([splits.test[i]["image"].float() for i in range(3)]).repeat_interleave(2, dim=0)
+    mask = images[:, 0] > 0.05
+    available = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 0]], dtype=torch.bool)
+    together = baseline.predict(images, available, mask)
+    for row in range(images.shape[0]):
+        alone = baseline.predict(images[row : row + 1], available[row : row + 1], mask[row : row + 1])[0]
+        assert torch.equal(together[row], alone)
+        present = available[row].nonzero().flatten().tolist()
+        for target in range(3):
+            if target in present:
+                assert torch.equal(together[row, target], images[row, target])
+            else:
+                source = baseline.source_for(target, present)
+                expected = baseline.match(images[row : row + 1, source], source, target, mask[row : row + 1])[0]
+                assert torch.equal(together[row, target], expected)
+
+
 def test_evaluate_writes_table_csv_json_and_grid(tmp_path, capsys):
     contrasts = ("T1", "T2", "FLAIR")
     cfg = tiny_model_config(contrasts)
