@@ -267,7 +267,7 @@ class ModelSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: ``auto``: bf16 weights where bf16 is native (CUDA; CPUs with AVX-512 BF16 or AMX), else fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    batch_size: Annotated[int, Field(ge=1)] = 16
+    batch_size: Annotated[int, Field(ge=1)] = 8
 
 
 class EngineSettings(_Section):

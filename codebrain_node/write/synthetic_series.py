@@ -47,6 +47,7 @@ rename, so a crash never leaves a half-written instance that looks complete.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,6 +110,8 @@ COMMENT = (
 
 #: The per-voxel confidence map the review page overlays (see :func:`save_confidence_map`).
 CONFIDENCE_FILE = "confidence.npy"
+#: Threads writing a series' instances: each write is mostly a wait on fsync, so a few overlap the building.
+WRITER_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ def write_synthetic_series(
     center, width = window_from_data(volume)
     spacing = _spacing_between_slices(reference)
     inputs_text = ", ".join(f"{c.value} series {datasets[0].SeriesInstanceUID}" for c, datasets in _ordered(sources))
-    source_centres = {c: [(ds, slice_centre(ds)) for ds in datasets] for c, datasets in _ordered(sources)}
+    source_slices = {c: _SourceSlices.of(datasets) for c, datasets in _ordered(sources)}
     number = series_number if series_number is not None else 1000 + int(reference[0].get("SeriesNumber", 0) or 0)
     # Frame of Reference Module (PS3.3 C.7.4.1): the UID is Type 1; a reference without one gets one new UID for the
     # whole synthetic series, so its slices still share one patient coordinate system
@@ -174,37 +177,42 @@ def write_synthetic_series(
 
     target_dir = Path(out_dir) / series_uid
     make_dirs_durably(target_dir)
-    instances = []
-    for index, (ref, plane) in enumerate(zip(reference, volume, strict=True)):
-        ds = _instance(
-            ref,
-            contrast=contrast,
-            model_name=model_name,
-            model_version=model_version,
-            series_uid=series_uid,
-            series_number=number,
-            instance_number=index + 1,
-            now=now,
-            inputs_text=inputs_text,
-            replaces=replaces,
-            frame_of_reference_uid=frame_of_reference,
-        )
-        ds.SourceImageSequence = _source_images(ref, source_centres)
-        _set_geometry(ds, ref, spacing)
-        _set_pixels(ds, plane, center, width)
-        if confidence is not None:
-            ds.ImageComments += f" Mean model confidence on this slice: {float(np.mean(confidence[index])):.3f}."
-        path = _write_atomically(ds, target_dir)
-        instances.append(
-            WrittenInstance(
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                instance_number=int(ds.InstanceNumber),
-                path=path,
-                size_bytes=path.stat().st_size,
+    # Building a dataset is Python on one core; writing and fsyncing it mostly waits on the disk: the writes run
+    # on a few threads while the next slices are built.
+    pending: list[tuple[Dataset, Future[Path]]] = []
+    with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="write-series") as writers:
+        for index, (ref, plane) in enumerate(zip(reference, volume, strict=True)):
+            ds = _instance(
+                ref,
+                contrast=contrast,
+                model_name=model_name,
+                model_version=model_version,
+                series_uid=series_uid,
+                series_number=number,
+                instance_number=index + 1,
+                now=now,
+                inputs_text=inputs_text,
+                replaces=replaces,
+                frame_of_reference_uid=frame_of_reference,
             )
+            ds.SourceImageSequence = _source_images(ref, source_slices)
+            _set_geometry(ds, ref, spacing)
+            _set_pixels(ds, plane, center, width)
+            if confidence is not None:
+                ds.ImageComments += f" Mean model confidence on this slice: {float(np.mean(confidence[index])):.3f}."
+            pending.append((ds, writers.submit(_write_atomically, ds, target_dir)))
+        paths = [future.result() for _, future in pending]  # all written (or the error raised) before the fsync
+    instances = [
+        WrittenInstance(
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            instance_number=int(ds.InstanceNumber),
+            path=path,
+            size_bytes=path.stat().st_size,
         )
+        for (ds, _), path in zip(pending, paths, strict=True)
+    ]
     if confidence is not None:
         save_confidence_map(confidence, target_dir)
     fsync_directory(target_dir)
@@ -429,15 +437,32 @@ def _contributing_equipment(ref: Dataset, model_name: str, model_version: str) -
     return [node, scanner]
 
 
-def _source_images(ref: Dataset, source_centres: Mapping[Contrast, list[tuple[Dataset, np.ndarray | None]]]) -> list:
+@dataclass(frozen=True)
+class _SourceSlices:
+    """One input series' slices and their centres ``[K, 3]`` (None when any slice lacks its geometry)."""
+
+    datasets: Sequence[Dataset]
+    centres: np.ndarray | None
+
+    @classmethod
+    def of(cls, datasets: Sequence[Dataset]) -> _SourceSlices:
+        centres = [slice_centre(ds) for ds in datasets]
+        known = all(centre is not None for centre in centres)
+        return cls(datasets, np.stack(centres) if known and centres else None)
+
+    def nearest(self, target: np.ndarray | None) -> Dataset:
+        """The slice whose centre is nearest ``target`` (the middle slice when either has no geometry)."""
+        if target is None or self.centres is None:
+            return self.datasets[len(self.datasets) // 2]
+        return self.datasets[int(np.argmin(((self.centres - target) ** 2).sum(axis=1)))]
+
+
+def _source_images(ref: Dataset, sources: Mapping[Contrast, _SourceSlices]) -> list:
     """For each input series, the slice whose centre is nearest this reference slice's centre."""
     target = slice_centre(ref)
     items = []
-    for candidates in source_centres.values():
-        if target is None or any(centre is None for _, centre in candidates):
-            nearest = candidates[len(candidates) // 2][0]
-        else:
-            nearest = min(candidates, key=lambda item: float(np.linalg.norm(item[1] - target)))[0]
+    for source in sources.values():
+        nearest = source.nearest(target)
         item = Dataset()
         item.ReferencedSOPClassUID = nearest.SOPClassUID
         item.ReferencedSOPInstanceUID = nearest.SOPInstanceUID
