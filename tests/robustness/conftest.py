@@ -139,3 +139,18 @@ def part10_file(dataset: Dataset, folder: Path) -> Path:
     header = encode_file_header(str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), EXPLICIT, "")
     path.write_bytes(header + wire_bytes(dataset))
     return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+    """The campaign's figures (tests/robustness/campaign_report.py), printed and written beside the session's
+    temporary folders, whenever a campaign test ran."""
+    from tests.robustness import campaign_report
+
+    if not campaign_report.FIGURES:
+        return
+    terminalreporter.write_sep("=", "robustness campaign (#16)")
+    for line in campaign_report.lines():
+        terminalreporter.write_line(line)
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None:
+        terminalreporter.write_line(f"written to {campaign_report.write(factory.getbasetemp())}")
