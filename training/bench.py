@@ -186,7 +186,7 @@ def format_result(result: dict[str, Any]) -> str:
     head += f"{result['params_inference'] / 1e6:.2f} M inference / {result['params_total'] / 1e6:.2f} M total params: "
     if "slices_per_s" in result:
         return head + (
-            f"{result['slices_per_s']:.1f} slices/s ({result['gflops_per_slice']:.1f} GFLOP/slice, "
+            f"{result['slices_per_s']:.2f} slices/s ({result['gflops_per_slice']:.1f} GFLOP/slice, "
             f"{result['cpu_seconds_per_batch'] / result['batch'] * 1e3:.0f} CPU-ms/slice"
             + (f", compiled in {result['compile_s']:.0f} s)" if result.get("compiled") else ")")
         )
