@@ -1,4 +1,4 @@
-"""``bench ingest``: C-STORE instances per second into our SCP and into DCMTK ``storescp``, same files, same run.
+"""``bench ingest``: C-STORE instances per second into our SCP, DCMTK ``storescp`` and Orthanc, same files, same run.
 
 The sender is DCMTK ``storescu`` (``TCP_NODELAY=1``), first over one association, then over several in parallel
 (the files split evenly among ``associations`` storescu processes). Each receiver writes to a fresh folder on the
@@ -10,6 +10,14 @@ issue) writes without fsync; ``storescp`` with ``--exec-on-reception "sync FILE"
 before its C-STORE-RSP, as our spool does (ours also fsyncs the directory). CPU milliseconds per instance are
 reported too: on a shared machine they vary less than wall-clock rates.
 
+Orthanc (the Debian package, ``/usr/sbin/Orthanc``: the PACS a site would otherwise run) gets a throw-away
+configuration in the work folder: its storage and SQLite index there, a free DICOM port, no HTTP server, no
+authentication, no storage compression. Its durability is its default, written out in the configuration so the
+figure says what it measures: ``"SyncStorageArea": true`` (the default since Orthanc 1.7.4, per its
+Configuration.json: "fsync() is called after each write to the storage area"), so each stored file is fsynced,
+and the instance is then indexed in SQLite, before the C-STORE-RSP. Its CPU is read from ``/proc/<pid>/stat``
+around the sending only (start-up and shut-down excluded).
+
 The durable-write floor is the spool's own write (temp file, fdatasync, rename, directory fsync) of the same
 bytes with no network at all, one writer per association: no receiver that keeps the "durable before success"
 promise can beat it on one association, because the sender waits for each C-STORE-RSP. Its ratio to storescp
@@ -18,6 +26,7 @@ is the ceiling any such receiver could report on this disk.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -38,6 +47,7 @@ from codebrain_node.durable import write_durably
 
 STORESCU = Path("/usr/bin/storescu")
 STORESCP = Path("/usr/bin/storescp")
+ORTHANC = Path("/usr/sbin/Orthanc")
 SYNC = Path("/usr/bin/sync")
 BENCH_CALLING_AE = "STORESCU"
 BENCH_CALLED_AE = "CODEBRAIN"
@@ -175,6 +185,71 @@ def _time_storescp(files: Sequence[Path], work: Path, associations: int, fsync: 
     return elapsed, usage.ru_utime + usage.ru_stime
 
 
+#: What the Orthanc figure promises, printed with it (see the module docstring).
+ORTHANC_DURABILITY = (
+    "Orthanc SyncStorageArea=true (its default since 1.7.4): fsync of each stored file, then its SQLite index, "
+    "before the C-STORE-RSP"
+)
+
+
+def orthanc_config(folder: Path, dicom_port: int, ae_title: str = BENCH_CALLED_AE) -> dict[str, Any]:
+    """A minimal Orthanc configuration: storage and index under ``folder``, DICOM on ``dicom_port`` (loopback
+    only by the sender's choice), no HTTP server, no authentication, files stored as sent and fsynced."""
+    return {
+        "Name": "codebrain-bench-ingest",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "DicomAet": ae_title,
+        "DicomPort": dicom_port,
+        "DicomServerEnabled": True,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowEcho": True,
+        "HttpServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "StorageCompression": False,
+        "SyncStorageArea": True,
+        "Plugins": [],
+    }
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process, all its threads (``/proc/<pid>/stat`` fields 14-15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _time_orthanc(files: Sequence[Path], work: Path, associations: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of Orthanc while the files arrived)."""
+    folder = Path(tempfile.mkdtemp(prefix="orthanc-", dir=work))
+    port = free_port()
+    config = folder / "orthanc.json"
+    config.write_text(json.dumps(orthanc_config(folder, port), indent=2))
+    with (folder / "orthanc.log").open("wb") as log_file:
+        process = subprocess.Popen([str(ORTHANC), str(config)], stdout=log_file, stderr=subprocess.STDOUT, cwd=folder)
+    try:
+        try:
+            _wait_listening(port, timeout_s=30.0)
+        except RuntimeError:
+            raise RuntimeError(f"Orthanc did not start: {(folder / 'orthanc.log').read_text()[-1000:]}") from None
+        cpu_start = _process_cpu_s(process.pid)
+        elapsed = send_parallel(files, port, BENCH_CALLED_AE, associations)
+        cpu = _process_cpu_s(process.pid) - cpu_start
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    stored = _count_files(folder / "storage")
+    if stored != len(files):
+        raise RuntimeError(f"Orthanc stored {stored} of {len(files)} files")
+    shutil.rmtree(folder, ignore_errors=True)
+    return elapsed, cpu
+
+
 def _time_ours(files: Sequence[Path], work: Path, associations: int, tcp_nodelay: bool) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process, where our SCP runs). ``tcp_nodelay=False``: pynetdicom's own
     server class, Nagle on, for the before/after figure."""
@@ -280,7 +355,9 @@ def bench_ingest(
     compare_without_nodelay: bool = True,
     compare_baseline: bool = True,
 ) -> dict[str, Any]:
-    """Instances/s for our SCP and for storescp, over 1 and ``associations`` associations, and their ratios.
+    """Instances/s for our SCP, storescp (with and without fsync) and Orthanc, over 1 and ``associations``
+    associations, and the ratios of ours to each; ``ratios`` gathers the two the target is set on (ours /
+    storescp fsyncing, ours / Orthanc) with our CPU per instance.
 
     Our SCP runs in this process (the recorder is not involved: it works off the association threads, and the
     database is not what is measured). ``compare_without_nodelay`` adds our figures with Nagle left on,
@@ -313,6 +390,11 @@ def bench_ingest(
                 durable, _ = _time_storescp(files, work, count, fsync=True)
                 run["storescp_fsync_per_s"] = round(n_instances / durable, 1)
                 run["ratio_vs_storescp_fsync"] = round(durable / ours, 3)
+            if ORTHANC.exists():
+                pacs, pacs_cpu = _time_orthanc(files, work, count)
+                run["orthanc_per_s"] = round(n_instances / pacs, 1)
+                run["orthanc_cpu_ms_per_instance"] = round(1000 * pacs_cpu / n_instances, 3)
+                run["ratio_vs_orthanc"] = round(pacs / ours, 3)
             floor = _time_durable_floor(files, work, count)
             run["durable_write_only_per_s"] = round(n_instances / floor, 1)
             run["ratio_ceiling_with_durable_write"] = round(theirs / floor, 3)
@@ -324,6 +406,16 @@ def bench_ingest(
                 run["pynetdicom_baseline_per_s"] = round(n_instances / before, 1)
                 run["pynetdicom_baseline_cpu_ms_per_instance"] = round(1000 * before_cpu / n_instances, 3)
             result["runs"][f"{count}_association{'s' if count > 1 else ''}"] = run
+        # the issue's target (#18): ours / each receiver that makes the same promise, >= 1.0 on 1 and N associations
+        result["ratios"] = {
+            name: {
+                "vs_storescp_fsync": run.get("ratio_vs_storescp_fsync"),
+                "vs_orthanc": run.get("ratio_vs_orthanc"),
+                "ours_cpu_ms_per_instance": run["ours_cpu_ms_per_instance"],
+            }
+            for name, run in result["runs"].items()
+        }
+        result["orthanc_durability"] = ORTHANC_DURABILITY if ORTHANC.exists() else f"{ORTHANC} not installed"
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from codebrain_node.receive.bench import bench_ingest
+from codebrain_node.receive.bench import ORTHANC, bench_ingest
 from tests.dicom_fixtures import STORESCP, STORESCU
 
 
@@ -18,4 +18,11 @@ def test_bench_ingest_reports_both_receivers(tmp_path) -> None:  # type: ignore[
         assert run["durable_write_only_per_s"] > 0
         ceiling = run["durable_write_only_per_s"] / run["storescp_per_s"]
         assert run["ratio_ceiling_with_durable_write"] == pytest.approx(ceiling, rel=0.05)
+    if ORTHANC.exists():  # the PACS a site would otherwise run, and the two ratios the target is set on
+        for name, run in result["runs"].items():
+            assert run["orthanc_per_s"] > 0
+            assert run["ratio_vs_orthanc"] == pytest.approx(run["ours_per_s"] / run["orthanc_per_s"], rel=0.05)
+            assert result["ratios"][name]["vs_orthanc"] == run["ratio_vs_orthanc"]
+            assert result["ratios"][name]["vs_storescp_fsync"] == run.get("ratio_vs_storescp_fsync")
+        assert "SyncStorageArea" in result["orthanc_durability"]
     assert not list(tmp_path.iterdir())  # the work folder is removed
