@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -236,9 +237,66 @@ class FolderDestinationSettings(DestinationSettingsBase):
     path: Path
 
 
+class DicomWebDestinationSettings(DestinationSettingsBase):
+    """A DICOMweb origin server we send to with STOW-RS (PS3.18 §10.5, Store Transaction; we are the user agent)."""
+
+    kind: Literal["dicomweb"] = "dicomweb"
+    #: The service's base URL, the one its ``/studies`` resource hangs off (Orthanc: ``http://host:8042/dicom-web``).
+    url: Annotated[str, Field(min_length=1)]
+    #: ``basic``: HTTP Basic (RFC 7617) with ``username`` and ``password``; ``bearer``: ``token`` as an OAuth 2.0
+    #: bearer token (RFC 6750). Either goes in clear over ``http://``: use ``https://`` beyond the machine.
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    token: SecretStr = SecretStr("")
+    #: PEM CA certificates an ``https://`` server's certificate must chain to; empty: the CA bundle of ``certifi``
+    #: (what ``requests`` trusts by default).
+    tls_ca_certificates: Path | None = None
+    #: Seconds to connect, and to wait for each answer.
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    #: Instances per STOW-RS request (one multipart/related body each).
+    batch_size: Annotated[int, Field(ge=1)] = 32
+
+    @field_validator("url")
+    @classmethod
+    def _plain_service_url(cls, value: str) -> str:
+        """An http(s) URL with a host (credentials in it: refused by :meth:`_auth_complete`, which echoes no value)."""
+        parts = urlsplit(value)
+        if parts.netloc.rpartition("@")[0]:
+            return value
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("the service URL takes no query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> DicomWebDestinationSettings:
+        """Each auth mode takes exactly its own credentials, so a forgotten ``auth`` line is not ignored silently."""
+        if urlsplit(self.url).netloc.rpartition("@")[0]:  # shown by `config show`, logged in errors: never there
+            raise ValueError("url: credentials do not go in the URL; use auth with username and password, or token")
+        given = {
+            "username": bool(self.username),
+            "password": bool(self.password.get_secret_value()),
+            "token": bool(self.token.get_secret_value()),
+        }
+        needed = {"none": set(), "basic": {"username", "password"}, "bearer": {"token"}}[self.auth]
+        missing = sorted(name for name in needed if not given[name])
+        if missing:
+            raise ValueError(f"auth = {self.auth!r} needs {' and '.join(missing)}")
+        extra = sorted(name for name, present in given.items() if present and name not in needed)
+        if extra:
+            raise ValueError(f"{', '.join(extra)} set but auth is {self.auth!r}")
+        if self.tls_ca_certificates is not None and urlsplit(self.url).scheme != "https":
+            raise ValueError("tls_ca_certificates set but the url is not https://")
+        return self
+
+
 #: One ``[[export.destinations]]`` entry: the model is chosen by ``kind`` (a pydantic discriminated union), so
 #: errors name the kind, e.g. ``export.destinations.0.dicom.host: Field required``.
-DestinationSettings = Annotated[DicomDestinationSettings | FolderDestinationSettings, Field(discriminator="kind")]
+DestinationSettings = Annotated[
+    DicomDestinationSettings | DicomWebDestinationSettings | FolderDestinationSettings, Field(discriminator="kind")
+]
 
 
 class ExportSettings(_Section):

@@ -35,7 +35,7 @@ def test_every_configurable_kind_has_a_registered_class() -> None:
     union, _ = get_args(DestinationSettings)
     models = {model.model_fields["kind"].default: model for model in get_args(union)}
     kinds = registered_kinds()
-    assert set(kinds) == set(models) == {"dicom", "folder"}
+    assert set(kinds) == set(models) == {"dicom", "dicomweb", "folder"}
     for kind, cls in kinds.items():
         assert cls.kind == kind and cls.settings_model is models[kind]
 
@@ -73,7 +73,7 @@ def test_build_destinations_looks_each_kind_up(tmp_path: Path) -> None:
         ('kind = "dicom"\nae_title = "   "\nhost = "h"\nport = 1', "dicom.ae_title"),
         ('kind = "folder"', r"export\.destinations\.0\.folder\.path \(file "),
         ('kind = "folder"\npath = "/x"\nhost = "h"', r"folder\.host \(file .*\): unknown setting"),
-        ('kind = "ftp"', "export.destinations.0 .*'ftp'.*'dicom', 'folder'"),
+        ('kind = "ftp"', "export.destinations.0 .*'ftp'.*'dicom', 'dicomweb', 'folder'"),
         ('path = "/x"', "export.destinations.0 .*discriminator 'kind'"),
     ],
 )
@@ -112,5 +112,5 @@ def test_a_kind_is_registered_once() -> None:
     with pytest.raises(ValueError, match="registered twice"):
         register(FolderDestinationSettings)(DicomDestination)
     assert destination_class("folder") is FolderDestination
-    with pytest.raises(ValueError, match="known: dicom, folder"):
+    with pytest.raises(ValueError, match="known: dicom, dicomweb, folder"):
         destination_class("stow")
