@@ -7,6 +7,7 @@ DCMTK, dciodvfy, PostgreSQL) is missing skips with the reason.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ STORESCU = Path("/usr/bin/storescu")
 STORESCP = Path("/usr/bin/storescp")
 ECHOSCU = Path("/usr/bin/echoscu")
 DCIODVFY = Path("/usr/bin/dciodvfy")
+#: Debian's orthanc-dicomweb: QIDO-RS, WADO-RS and STOW-RS under /dicom-web/.
+ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 SCANNER_AE = "STORESCU"
 NODE_AE = "CODEBRAIN"
@@ -292,10 +295,14 @@ class StoreSCP:
 
 
 class Orthanc:
-    """A throw-away Orthanc (Debian package) on loopback: its own storage, index and free ports; no plugins."""
+    """A throw-away Orthanc (Debian package) on loopback: its own storage, index and free ports; no plugins but
+    DICOMweb when ``dicomweb`` (at :attr:`dicomweb_url`). ``users`` (name: password) turn HTTP Basic authentication
+    on, for DICOMweb and the REST API alike; this helper's own requests go as the first of them."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, dicomweb: bool = False, users: Mapping[str, str] | None = None) -> None:
         require(ORTHANC, "Orthanc")
+        if dicomweb:
+            require(ORTHANC_DICOMWEB, "Orthanc's DICOMweb plugin (Debian orthanc-dicomweb)")
         folder.mkdir(parents=True, exist_ok=True)
         self.dicom_port, self.http_port = free_port(), free_port()
         config = {
@@ -308,14 +315,22 @@ class Orthanc:
             "HttpServerEnabled": True,
             "DicomServerEnabled": True,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(users),
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowEcho": True,
             "DicomModalities": {"node": [NODE_AE, "127.0.0.1", 104]},
-            "Plugins": [],
+            "Plugins": [str(ORTHANC_DICOMWEB)] if dicomweb else [],
             "StorageCompression": False,
         }
+        if dicomweb:
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": False}
+        if users:
+            config["RegisteredUsers"] = dict(users)
+        self._headers: dict[str, str] = {}
+        if users:
+            name, password = next(iter(users.items()))
+            self._headers["Authorization"] = "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
         self.config_path = folder / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
         self.log_path = folder / "orthanc.log"
@@ -333,6 +348,10 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
     def _up(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"Orthanc exited {self.process.returncode}: {self.log_path.read_text()[-2000:]}")
@@ -342,7 +361,8 @@ class Orthanc:
             return False
 
     def get_bytes(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=20) as response:
+        request = urllib.request.Request(self.url + path, headers=self._headers)
+        with urllib.request.urlopen(request, timeout=20) as response:
             return response.read()
 
     def get(self, path: str) -> Any:
@@ -351,7 +371,10 @@ class Orthanc:
     def send(self, method: str, path: str, body: Any) -> Any:
         """A JSON request to the REST API (POST to start a job, PUT to change a modality), its JSON answer."""
         request = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(), method=method, headers={"Content-Type": "application/json"}
+            self.url + path,
+            data=json.dumps(body).encode(),
+            method=method,
+            headers={"Content-Type": "application/json", **self._headers},
         )
         with urllib.request.urlopen(request, timeout=20) as response:
             answer = response.read()
