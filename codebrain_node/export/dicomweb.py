@@ -78,8 +78,8 @@ class DicomWebDestination(Destination[DicomWebDestinationSettings]):
         # the settings are the one source: no proxy, CA bundle (REQUESTS_CA_BUNDLE would override ``verify``) or
         # .netrc credentials from the environment
         session.trust_env = False
-        # PS3.18 §10.5.1.2: the response's media type; dicomweb-client itself sends */*, which a server may answer
-        # in XML (or not at all)
+        # PS3.18 §10.5.1 (the Store Instances request) names the response's media type; dicomweb-client sends */*,
+        # which a server may answer in XML, or with no body
         session.headers["Accept"] = "application/dicom+json"
         if self.entry.auth == "basic":
             session.auth = (self.entry.username, self.entry.password.get_secret_value())
