@@ -48,6 +48,7 @@ from codebrain_node.imaging.preprocess import (
     prepare_study,
     restore,
     restore_map,
+    serving_size,
 )
 from codebrain_node.imaging.series_io import DicomSeries, UnusableSeriesError, read_dicom_series
 from codebrain_node.write.parametric_map import WrittenParametricMap, confidence_series_number, write_confidence_map
@@ -173,7 +174,7 @@ def impute_study(
     prepared = prepare_study(
         {c: inputs[c].image for c in available},
         reference,
-        size=image_size,
+        size=serving_size(inputs[reference].image, minimum=image_size),
         register=True,
         brain_extraction=brain_extraction,
     )

@@ -10,7 +10,8 @@ The rules, in order:
    posterior), X (right→left)]`` and, for an axial acquisition, every prepared slice *is* a reference slice.
    An oblique reference keeps its obliquity: we never resample across the reference's slices.
 2. **Prepared grid.** In-plane the grid has a fixed spacing (``spacing_mm``, default 1 mm) and ``size × size``
-   pixels centred on the reference's in-plane field of view (256 mm at the defaults: any adult head). A fixed
+   pixels centred on the reference's in-plane field of view (256 mm at the defaults: any adult head; serving takes
+   :func:`serving_size`, wider for a field of view up to 320 mm, so it is synthesised whole). A fixed
    physical pixel size keeps anatomy the same size in pixels for training and serving. A 1 mm 240×240 BraTS volume
    is therefore padded by 8 pixels each side, with no interpolation at all. Through-plane the grid keeps the
    reference's slices one for one (``Z`` equals the reference's slice count).
@@ -98,6 +99,24 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-3) -> bool:
         and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
         and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
     )
+
+
+#: The widest in-plane field of view synthesised whole (mm): wide-FOV head and neck series reach about 300 mm.
+MAX_FIELD_OF_VIEW_MM = 320.0
+#: Grid sizes are multiples of this (the network downsamples by 8).
+GRID_MULTIPLE = 8
+
+
+def serving_size(reference: sitk.Image, minimum: int = 256, spacing_mm: float = 1.0) -> int:
+    """The prepared grid's side in pixels for serving ``reference``: ``minimum`` (the training size) or, for a
+    field of view wider than that, enough ``spacing_mm`` pixels to hold all of it (a multiple of 8, at most
+    ``MAX_FIELD_OF_VIEW_MM``), so nothing is cut; the network is fully convolutional and the anatomy keeps its
+    trained pixel size. Wider fields of view are centred and cut at the maximum (``prepare_study`` logs it)."""
+    canonical = to_canonical(reference)
+    (nx, ny, _), (sx, sy, _) = canonical.GetSize(), canonical.GetSpacing()
+    extent = min(max(nx * sx, ny * sy), MAX_FIELD_OF_VIEW_MM)
+    needed = int(np.ceil(extent / spacing_mm / GRID_MULTIPLE - 1e-6)) * GRID_MULTIPLE
+    return max(minimum, needed)
 
 
 def prepared_grid(reference: sitk.Image, size: int = 256, spacing_mm: float | None = 1.0) -> sitk.Image:
@@ -290,6 +309,11 @@ def prepare_study(
     if reference_image.GetDimension() != 3:
         raise ValueError(f"expected a 3-D reference series, got {reference_image.GetDimension()}-D")
     grid = prepared_grid(reference_image, size=size, spacing_mm=spacing_mm)
+    canonical = to_canonical(reference_image)
+    extent = [n * sp for n, sp in zip(canonical.GetSize()[:2], canonical.GetSpacing()[:2], strict=True)]
+    covered = size * grid.GetSpacing()[0]
+    if max(extent) > covered + 1e-3:
+        log.warning("field of view %.0f mm is wider than the prepared %.0f mm: its edges are cut", max(extent), covered)
     order = [reference, *[c for c in volumes if c != reference]]
     resampled: dict[Contrast, np.ndarray] = {}
     registrations: dict[Contrast, RegistrationResult] = {}

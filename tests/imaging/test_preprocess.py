@@ -14,6 +14,7 @@ from codebrain_node.imaging.preprocess import (
     prepare_study,
     restore,
     same_grid,
+    serving_size,
 )
 from codebrain_node.phantom import PhantomCase
 
@@ -138,3 +139,23 @@ def test_fine_series_is_smoothed_before_going_onto_the_coarser_grid() -> None:
     low, high = prepared.windows[Contrast.T1]
     inside = prepared.array(Contrast.T1)[:, 40:90, 40:90] * (high - low) + low
     assert abs(float(inside.mean()) - 600) < 60 and float(inside.std()) < 60
+
+
+def test_a_field_of_view_over_256_mm_is_served_whole_up_to_320_mm() -> None:
+    """#14: a 300 mm wide-FOV series gets a 304-pixel grid and comes back whole, edge to edge; on the training
+    size its edges would be cut (the black band the demo once showed)."""
+    assert serving_size(_head((240, 240, 4), (1.0, 1.0, 3.0))) == 256
+    assert serving_size(_head((200, 200, 4), (1.5, 1.5, 3.0))) == 304
+    assert serving_size(_head((512, 512, 4), (0.8, 0.8, 3.0))) == 320  # 410 mm: the most synthesised
+    wide = sitk.GetImageFromArray(np.full((4, 200, 200), 900, dtype=np.int16))  # content to every edge
+    wide.SetSpacing((1.5, 1.5, 3.0))
+    acquired = sitk.GetArrayFromImage(wide).astype(np.float32)
+    for size, whole in ((serving_size(wide), True), (256, False)):
+        prepared = prepare_study({Contrast.T1: wide}, Contrast.T1, size=size, register=False)
+        assert prepared.arrays.shape[-2:] == (size, size)
+        back = sitk.GetArrayFromImage(restore(prepared, prepared.array(Contrast.T1))).astype(np.float32)
+        edges = np.concatenate([back[:, :, 0], back[:, :, -1], back[:, 0, :], back[:, -1, :]], axis=None)
+        if whole:
+            np.testing.assert_allclose(back, acquired, rtol=0.02)
+        else:
+            assert float(edges.min()) < 0.5 * 900  # cut: the band outside 256 mm comes back empty
