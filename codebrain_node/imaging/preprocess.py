@@ -229,6 +229,28 @@ def register_rigid(
 # --- mask and intensities -------------------------------------------------------------------------------------
 
 
+#: The foreground mask's closing radius in voxels (x, y, z): bridges small gaps at the surface.
+CLOSING_RADIUS = (2, 2, 1)
+
+
+def close_within_bounds(mask: sitk.Image, radius: tuple[int, int, int]) -> np.ndarray:
+    """``BinaryMorphologicalClosing(mask, radius)`` as a [Z, Y, X] array, computed on the mask's bounding box plus
+    the radius and pasted back: the same voxels (the closing cannot reach further), in a fraction of the time on a
+    skull-stripped volume, where most of the grid is background."""
+    closed = np.zeros(mask.GetSize()[::-1], dtype=bool)
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.Execute(mask)
+    if not shape.HasLabel(1):
+        return closed
+    box = shape.GetBoundingBox(1)  # x, y, z start, then x, y, z size
+    start = [max(0, box[i] - 2 * radius[i]) for i in range(3)]
+    stop = [min(mask.GetSize()[i], box[i] + box[i + 3] + 2 * radius[i]) for i in range(3)]
+    region = sitk.RegionOfInterest(mask, [b - a for a, b in zip(start, stop, strict=True)], start)
+    inner = sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(region, list(radius))).astype(bool)
+    closed[start[2] : stop[2], start[1] : stop[1], start[0] : stop[0]] = inner
+    return closed
+
+
 def foreground_mask(volume: np.ndarray) -> np.ndarray:
     """Head/brain voxels of a [Z, Y, X] volume: Otsu on the smoothed image, largest component, holes filled."""
     image = sitk.GetImageFromArray(volume.astype(np.float32))
@@ -241,8 +263,7 @@ def foreground_mask(volume: np.ndarray) -> np.ndarray:
         binary = sitk.Or(binary, sitk.Cast(image > 0, binary.GetPixelID()))
     components = sitk.ConnectedComponent(binary)
     largest = sitk.RelabelComponent(components, sortByObjectSize=True) == 1
-    closed = sitk.BinaryMorphologicalClosing(largest, [2, 2, 1])
-    mask = sitk.GetArrayFromImage(closed).astype(bool)
+    mask = close_within_bounds(largest, CLOSING_RADIUS)
     for z in range(mask.shape[0]):  # fill holes slice by slice: ventricles, dark necrosis
         if mask[z].any():
             mask[z] = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(mask[z].astype(np.uint8)))) > 0

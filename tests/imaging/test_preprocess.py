@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from codebrain_node.contrasts import Contrast
 from codebrain_node.imaging.preprocess import (
+    close_within_bounds,
     normalised_mutual_information,
     prepare_study,
     restore,
@@ -159,3 +160,17 @@ def test_a_field_of_view_over_256_mm_is_served_whole_up_to_320_mm() -> None:
             np.testing.assert_allclose(back, acquired, rtol=0.02)
         else:
             assert float(edges.min()) < 0.5 * 900  # cut: the band outside 256 mm comes back empty
+
+
+def test_the_mask_closing_on_its_bounding_box_is_the_closing_of_the_whole_grid() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(4):
+        blobs = np.zeros((24, 70, 64), np.uint8)
+        z, y, x = rng.integers(0, 10), rng.integers(0, 20), rng.integers(0, 20)
+        blobs[z : z + 12, y : y + 40, x : x + 36] = rng.random((12, 40, 36)) > 0.3
+        if trial == 3:
+            blobs[:, :2, :] = 1  # touching the grid's edge
+        image = sitk.GetImageFromArray(blobs)
+        whole = sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(image, [2, 2, 1])).astype(bool)
+        assert np.array_equal(close_within_bounds(image, (2, 2, 1)), whole)
+    assert not close_within_bounds(sitk.Image(8, 8, 4, sitk.sitkUInt8), (2, 2, 1)).any()
