@@ -175,16 +175,21 @@ class ImputerMethod:
     name: str
     tally: ConfidenceTally | None = None
     batch_size: int | None = None
+    keep_features: bool = False  # keep F_c of the last call's inputs (``features``) for the posterior row
+    features: Tensor | None = None
 
     def predict(self, images: Tensor, available: Tensor, brain_mask: Tensor) -> Tensor:
         s, p = available.shape[:2]
         inputs = per_pattern(images, p), available.flatten(0, 1), per_pattern(brain_mask, p)
-        outputs = []
+        outputs, features = [], []
         for pass_images, pass_available, pass_mask in passes(self.batch_size, *inputs):
-            output = self.model.impute(pass_images, pass_available)
+            output = self.model.impute(pass_images, pass_available, keep_features=self.keep_features)
             if self.tally is not None and output.confidence is not None:
                 self.tally.add(output.confidence, output.images, pass_images, pass_available, pass_mask)
             outputs.append(output.images)
+            if output.features is not None:
+                features.append(output.features)
+        self.features = torch.cat(features) if features else None
         return torch.cat(outputs).unflatten(0, (s, p))
 
 
@@ -193,7 +198,9 @@ class PosteriorCodeMethod:
     """Stage I decoder fed the posterior code of the complete set: the ceiling for a perfect prior.
 
     The code reads the complete set, so it is the same for every pattern: the posterior encoder runs once per
-    slice and only the common encoder and decoder (which read the incomplete set) run once per pattern. Decoding
+    slice and only the common encoder and decoder (which read the incomplete set) run once per pattern; with
+    ``features_from`` (the CodeBrain row, scored first on the same batch with ``keep_features``) not even the
+    common encoder: its F_c of the same incomplete inputs is decoded with the posterior code. Decoding
     the complete set as well gives the Stage I reconstruction PSNR per slice, kept in ``reconstruction_psnr``
     (set it to None to stop recording). In the model's own weights' precision: the served (bf16 where native)
     copy in ``evaluate``, fp32 in training's validation.
@@ -203,6 +210,7 @@ class PosteriorCodeMethod:
     name: str = "CodeBrain posterior code (upper bound)"
     reconstruction_psnr: list[Tensor] | None = field(default_factory=list)
     batch_size: int | None = None  # inputs per forward pass (None: all at once)
+    features_from: ImputerMethod | None = None
 
     def predict(self, images: Tensor, available: Tensor, brain_mask: Tensor) -> Tensor:
         s, p = available.shape[:2]
@@ -217,9 +225,18 @@ class PosteriorCodeMethod:
                 per_contrast = [psnr(recon[:, c], images[:, c].float()) for c in range(images.shape[1])]
                 self.reconstruction_psnr.append(torch.stack(per_contrast, dim=1).mean(dim=1).cpu())
             inputs = per_pattern(codes, p), per_pattern(images, p), available.flatten(0, 1)
+            shared = self.features_from.features if self.features_from is not None else None
+            if shared is not None and shared.shape[0] != s * p:
+                raise ValueError("features_from holds another batch's features: score it first, on this batch")
             outputs = []
-            for pass_codes, pass_images, pass_available in passes(self.batch_size, *inputs):
-                recon = self.model.decode(pass_codes, pass_images, pass_available)
+            for start, (pass_codes, pass_images, pass_available) in zip(
+                itertools.count(0, self.batch_size or s * p), passes(self.batch_size, *inputs), strict=False
+            ):
+                if shared is None:
+                    recon = self.model.decode(pass_codes, pass_images, pass_available)
+                else:
+                    features = shared[start : start + pass_codes.shape[0]]
+                    recon = self.model.decoder(pass_codes.to(features.dtype), features)
                 recon = recon.float().clamp(0, 1)
                 outputs.append(torch.where(pass_available[..., None, None], pass_images.float(), recon))
         return torch.cat(outputs).unflatten(0, (s, p))
@@ -452,8 +469,9 @@ def evaluate(
     served = model.for_inference(chosen_device, precision)  # as the node loads it
     if isinstance(model, CodeBrain):
         tally = ConfidenceTally() if model.cfg.confidence else None
-        posterior = PosteriorCodeMethod(served, batch_size=forward_batch)
-        methods += [ImputerMethod(served, "CodeBrain", tally, forward_batch), posterior]
+        served_row = ImputerMethod(served, "CodeBrain", tally, forward_batch, keep_features=True)
+        posterior = PosteriorCodeMethod(served, batch_size=forward_batch, features_from=served_row)
+        methods += [served_row, posterior]
     else:
         methods.append(ImputerMethod(served, "direct regression", batch_size=forward_batch))
     if direct_checkpoint is not None:

@@ -35,10 +35,13 @@ DOWNSAMPLING = 8
 
 @dataclass
 class ImputeOutput:
-    """``images`` float ``[B, N, H, W]`` in [0, 1]; ``confidence`` float ``[B, 1, H, W]`` in [0, 1] or None."""
+    """``images`` float ``[B, N, H, W]`` in [0, 1]; ``confidence`` float ``[B, 1, H, W]`` in [0, 1] or None;
+    ``features``: CodeBrain's common-encoder feature F_c of the incomplete input (kept when asked for, so a caller
+    decoding the same input with other codes, the evaluation's posterior-code row, need not encode it again)."""
 
     images: Tensor
     confidence: Tensor | None = None
+    features: Tensor | None = None
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -88,10 +91,14 @@ class _Imputer(nn.Module, ABC):
     cfg: ModelConfig
 
     @abstractmethod
-    def _synthesise(self, x_in: Tensor, images: Tensor, available: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Encoder input → (every contrast, raw; confidence or None)."""
+    def _synthesise(
+        self, x_in: Tensor, images: Tensor, available: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Encoder input → (every contrast, raw; confidence or None; common-encoder features or None)."""
 
-    def impute(self, images: Tensor, available: Tensor, *, precision: str = "auto") -> ImputeOutput:
+    def impute(
+        self, images: Tensor, available: Tensor, *, precision: str = "auto", keep_features: bool = False
+    ) -> ImputeOutput:
         """Synthesise the missing contrasts of a batch; ``precision`` auto = bf16 where native, else fp32.
 
         A network whose weights are bf16 (:meth:`for_inference`) runs in bf16 throughout; fp32 weights asked for
@@ -110,12 +117,12 @@ class _Imputer(nn.Module, ABC):
                     x_in = x_in.contiguous(memory_format=torch.channels_last)
                 autocast = bf16 and weights_dtype == torch.float32
                 with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=autocast):
-                    synthetic, confidence = self._synthesise(x_in, images, available)
+                    synthetic, confidence, features = self._synthesise(x_in, images, available)
                 synthetic = synthetic.float().clamp(0.0, 1.0).contiguous()
                 composed = torch.where(available.view(*available.shape, 1, 1), images.float(), synthetic)
                 if confidence is not None:
                     confidence = confidence.float().contiguous()
-                return ImputeOutput(images=composed, confidence=confidence)
+                return ImputeOutput(composed, confidence, features if keep_features else None)
         finally:
             self.train(was_training)
 
@@ -197,7 +204,7 @@ class CodeBrain(_Imputer):
         return self.quantizer.levels_to_codes(levels), probability
 
     # --- inference -------------------------------------------------------------------------------------------
-    def _synthesise(self, x_in: Tensor, images: Tensor, available: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _synthesise(self, x_in: Tensor, images: Tensor, available: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         codes, probability = self.decode_prior(self.prior_encoder(x_in).float())
         features = self.common_encoder(x_in)
         synthetic = self.decoder(codes.to(features.dtype), features)
@@ -206,7 +213,7 @@ class CodeBrain(_Imputer):
             region = probability.mean(dim=1, keepdim=True)
             confidence = F.interpolate(region, scale_factor=DOWNSAMPLING, mode="bilinear", align_corners=False)
             confidence = confidence.clamp(0.0, 1.0)
-        return synthetic, confidence
+        return synthetic, confidence, features
 
 
 class DirectRegression(_Imputer):
@@ -236,5 +243,5 @@ class DirectRegression(_Imputer):
     def stage1_forward(self, images: Tensor, available: Tensor) -> dict[str, Tensor]:
         return {"recon": self.forward(images, available)}
 
-    def _synthesise(self, x_in: Tensor, images: Tensor, available: Tensor) -> tuple[Tensor, Tensor | None]:
-        return self.decoder(self.encoder(self._with_mask_planes(x_in, available))), None
+    def _synthesise(self, x_in: Tensor, images: Tensor, available: Tensor) -> tuple[Tensor, None, None]:
+        return self.decoder(self.encoder(self._with_mask_planes(x_in, available))), None, None

@@ -240,6 +240,35 @@ def test_posterior_encoder_runs_once_per_slice_and_nearest_needs_no_network():
     assert sum(seen["posterior_encoder"]) == slices and seen["prior_encoder"] == []
 
 
+def test_posterior_row_decodes_the_served_rows_features_without_encoding_them_again():
+    """Scored after the CodeBrain row on the same batch, the ceiling reuses its F_c: the same images, and the
+    common encoder runs once per (slice, pattern) for both rows (plus the complete set for the Stage I PSNR)."""
+    contrasts = ("T1", "T2", "FLAIR")
+    torch.manual_seed(0)
+    model = CodeBrain(tiny_model_config(contrasts)).eval()
+    calls: list[int] = []
+    model.common_encoder.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
+    splits = make_splits(contrasts)
+    alone = score_methods([PosteriorCodeMethod(model, batch_size=4)], splits.test, contrasts, batch_size=12)
+    calls.clear()
+    served = ImputerMethod(model, "CodeBrain", batch_size=4, keep_features=True)
+    shared = PosteriorCodeMethod(model, batch_size=4, features_from=served)
+    together = score_methods([served, shared], splits.test, contrasts, batch_size=12)
+    slices = len(splits.test)
+    assert sum(calls) == slices * 6 + slices  # the served row's passes and the complete set, nothing more
+    mine = [r for r in together.rows if r["method"] == shared.name]
+    assert len(mine) == len(alone.rows) == 9
+    for row, reference in zip(mine, alone.rows, strict=True):
+        assert row["psnr"] == pytest.approx(reference["psnr"], abs=1e-4)
+        assert row["ssim"] == pytest.approx(reference["ssim"], abs=1e-3)
+    batch = [splits.test[i] for i in range(2)]
+    images, mask = torch.stack([b["image"] for b in batch]), torch.stack([b["brain_mask"] for b in batch])
+    served.predict(images, _patterns_of(3, 2), mask)
+    stale = PosteriorCodeMethod(model, features_from=served)  # features of another batch are refused
+    with pytest.raises(ValueError, match="another batch"):
+        stale.predict(images[:1], _patterns_of(3, 1), mask[:1])
+
+
 def test_split_all_scores_every_subject_even_with_a_committed_split(tmp_path, monkeypatch):
     import training.datasets
     from training.datasets import SubjectSplit
