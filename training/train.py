@@ -167,10 +167,15 @@ def _build_model(
     spec: str | Path | ModelConfig,
     from_run: str | Path | None,
 ) -> tuple[CodeBrain | DirectRegression, ModelConfig]:
-    """Stage II: the Stage I run's network (its config wins); otherwise a fresh network of the chosen config."""
+    """Stage II: the Stage I run's network (its config wins); otherwise a fresh network of the chosen config.
+
+    ``from_run`` is a Stage I run folder or an inference checkpoint itself (for example the shipped weights, whose
+    prior Stage II then fine-tunes on new data with their Stage I frozen).
+    """
     if stage == 2:
         if from_run is not None:
-            model = load_inference_checkpoint(Path(from_run) / INFERENCE_NAME)
+            source = Path(from_run)
+            model = load_inference_checkpoint(source if source.is_file() else source / INFERENCE_NAME)
             if not isinstance(model, CodeBrain):
                 raise TypeError(f"{from_run} holds a {type(model).__name__}, not a CodeBrain Stage I model")
             return model, model.cfg
