@@ -1,7 +1,9 @@
 """DICOM destination: one association per series, C-STORE of every instance, any non-success status fails it.
 
-The presentation contexts come from the files themselves (SOP class and transfer syntax, plus both little
-endian syntaxes so an uncompressed file can always go). TCP_NODELAY is set on our socket, as on the receiver.
+The presentation contexts come from the files' meta information (SOP class and transfer syntax, plus both little
+endian syntaxes so an uncompressed file can always go). A file whose own transfer syntax the peer accepted is
+streamed from disk as written (pynetdicom's chunked send: no decoding, no re-encoding, the bytes the writer made);
+only one that must change syntax is read and converted. TCP_NODELAY is set on our socket, as on the receiver.
 
 With ``tls = true`` the association runs over DICOM TLS (PS3.15 Annex B.9, the BCP 195 TLS profile: TLS 1.2 or
 later; ``codebrain_node/tls.py``): the peer's certificate must chain to ``tls_ca_certificates`` (or the system's
@@ -26,8 +28,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
@@ -46,6 +49,10 @@ from codebrain_node.write.storage_commitment import (
 )
 
 log = logging.getLogger(__name__)
+
+# send_c_store(path) streams the file's data set in chunks instead of decoding and re-encoding it (process-wide;
+# only calls that pass a path are affected, and this module is the one that does).
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 #: C-STORE statuses that mean "stored": success and the three warnings (coercion, elements discarded, mismatch).
 ACCEPTED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
@@ -105,13 +112,13 @@ class DicomDestination(Destination[DicomDestinationSettings]):
         )
 
     def send(self, files: Sequence[Path], delivered: Delivered = ignore_delivery) -> None:
-        datasets = [dcmread(path) for path in files]
+        metas = [read_file_meta_info(path) for path in files]
         ae = AE(ae_title=self.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         ae.connection_timeout = self.timeout_s
         contexts: dict[str, set[str]] = {}
-        for dataset in datasets:
-            contexts.setdefault(str(dataset.SOPClassUID), set()).add(str(dataset.file_meta.TransferSyntaxUID))
+        for meta in metas:
+            contexts.setdefault(str(meta.MediaStorageSOPClassUID), set()).add(str(meta.TransferSyntaxUID))
         for sop_class, syntaxes in contexts.items():
             for syntax in syntaxes:
                 ae.add_requested_context(sop_class, [syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -120,24 +127,28 @@ class DicomDestination(Destination[DicomDestinationSettings]):
             connection = assoc.dul.socket.socket if assoc.dul.socket else None
             if connection is not None:
                 connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for path, dataset in zip(files, datasets, strict=True):
+            as_written = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
+            for path, meta in zip(files, metas, strict=True):
                 pause_reactor(assoc)
+                own = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
                 try:
-                    reply = assoc.send_c_store(dataset)
+                    reply = assoc.send_c_store(path if own in as_written else dcmread(path))
                 except (ValueError, RuntimeError) as exc:  # no accepted context for this instance
                     raise DeliveryError(f"{where}: {exc}") from exc
                 status = getattr(reply, "Status", None)
                 if status is None:
                     raise DeliveryError(f"{where}: no C-STORE response (connection lost or timed out)")
                 if status not in ACCEPTED_STATUSES:
-                    raise DeliveryError(f"{where}: C-STORE status 0x{status:04X} for sop={dataset.SOPInstanceUID}")
+                    raise DeliveryError(
+                        f"{where}: C-STORE status 0x{status:04X} for sop={meta.MediaStorageSOPInstanceUID}"
+                    )
                 delivered(path)
         finally:
             if assoc.is_established:
                 assoc.release()
             else:
                 assoc.abort()
-        log.info("sent %d instance(s) to %s", len(datasets), where)
+        log.info("sent %d instance(s) to %s", len(files), where)
 
     def _associate(self, ae: AE, handlers: list | None = None) -> tuple[Association, str]:  # type: ignore[type-arg]
         """An established association with the peer (over TLS when configured), and its name for messages;
