@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from codebrain_node.contrasts import Contrast
 from codebrain_node.imaging.brain_extraction import BrainMask, extract_brain
@@ -263,11 +264,22 @@ def foreground_mask(volume: np.ndarray) -> np.ndarray:
         binary = sitk.Or(binary, sitk.Cast(image > 0, binary.GetPixelID()))
     components = sitk.ConnectedComponent(binary)
     largest = sitk.RelabelComponent(components, sortByObjectSize=True) == 1
-    mask = close_within_bounds(largest, CLOSING_RADIUS)
-    for z in range(mask.shape[0]):  # fill holes slice by slice: ventricles, dark necrosis
-        if mask[z].any():
-            mask[z] = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(mask[z].astype(np.uint8)))) > 0
-    return mask
+    return fill_holes_in_plane(close_within_bounds(largest, CLOSING_RADIUS))
+
+
+def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
+    """Fill each axial slice's holes (ventricles, dark necrosis) of a [Z, Y, X] mask: background regions, 4-connected
+    within the slice, that do not reach the slice's edge. One labelling of the whole volume with an in-plane
+    structure (no connection across slices) gives what SimpleITK's BinaryFillhole gives slice by slice, voxel for
+    voxel (compared on four real volumes), without a call per slice."""
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    labels, count = ndimage.label(~mask, structure=in_plane)
+    hole = np.ones(count + 1, dtype=bool)
+    hole[0] = False  # the mask itself
+    hole[labels[:, [0, -1], :]] = False  # background that reaches an edge of its slice
+    hole[labels[:, :, [0, -1]]] = False
+    return mask | hole[labels]
 
 
 def mask_on_grid(reference: sitk.Image, grid: sitk.Image) -> np.ndarray:

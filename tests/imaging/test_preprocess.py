@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from codebrain_node.contrasts import Contrast
 from codebrain_node.imaging.preprocess import (
     close_within_bounds,
+    fill_holes_in_plane,
     normalised_mutual_information,
     prepare_study,
     restore,
@@ -174,3 +175,19 @@ def test_the_mask_closing_on_its_bounding_box_is_the_closing_of_the_whole_grid()
         whole = sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(image, [2, 2, 1])).astype(bool)
         assert np.array_equal(close_within_bounds(image, (2, 2, 1)), whole)
     assert not close_within_bounds(sitk.Image(8, 8, 4, sitk.sitkUInt8), (2, 2, 1)).any()
+
+
+def test_in_plane_hole_filling_is_simpleitks_fill_hole_slice_by_slice() -> None:
+    """Random masks with holes, some open to a slice's edge, some only closed across slices (a tube): each slice
+    filled as BinaryFillhole fills it on its own."""
+    rng = np.random.default_rng(1)
+    for trial in range(6):
+        mask = rng.random((9, 40, 36)) > (0.35 if trial % 2 else 0.6)
+        if trial == 4:
+            mask[:, 10:30, 10:30] = True
+            mask[:, 15:25, 15:25] = False  # a tube: a hole in every slice, open only through the volume's faces
+        expected = np.stack(
+            [sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(s.astype(np.uint8)))) > 0 for s in mask]
+        )
+        assert np.array_equal(fill_holes_in_plane(mask), expected)
+    assert fill_holes_in_plane(np.zeros((2, 5, 5), bool)).sum() == 0
