@@ -92,6 +92,9 @@ class DicomSettings(_Section):
     #: One host's share: at most this many associations, and as many connections still waiting to send their
     #: A-ASSOCIATE-RQ (beyond: A-ASSOCIATE-RJ "local limit exceeded", or the connection closed at once).
     max_associations_per_peer: Annotated[int, Field(ge=1, le=256)] = 5
+    #: Receiver processes accepting on the one port (``receive/processes.py``): more than one puts the associations on
+    #: several interpreters, so several cores share the work; the limits above stay node-wide.
+    receiver_processes: Annotated[int, Field(ge=1, le=32)] = 1
     #: Seconds a new connection has to deliver its whole A-ASSOCIATE-RQ (PS3.8 9.1.4, the ARTIM timer) before it
     #: is closed; until then it is no association and does not count against max_associations.
     association_request_timeout_s: Annotated[float, Field(gt=0)] = 5.0

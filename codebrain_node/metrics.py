@@ -7,14 +7,18 @@ One set per process, incremented where the work happens (``receive/scp.py``, ``e
 
 Exposed on ``/metrics`` of the review app (its registry includes :data:`REGISTRY`) and, with ``metrics.enabled``,
 by :func:`start_metrics_server` on ``metrics.bind_address:metrics.port`` (``serve`` and ``worker``; see the
-README for what each process shows). Labels are few and fixed (no AE titles, UIDs or patient data), so a
-stranger calling the receiver cannot make new series.
+README for what each process shows). With several receiver processes (``dicom.receiver_processes`` > 1), each
+runs with ``PROMETHEUS_MULTIPROC_DIR`` set (prometheus_client's multiprocess mode: its counters live in files of
+that folder) and ``serve`` shows the ``codebrain_ingest_*`` families summed over those files
+(:class:`ReceiverProcessMetrics`) in place of its own, which count nothing then. Labels are few and fixed (no AE
+titles, UIDs or patient data), so a stranger calling the receiver cannot make new series.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -57,6 +61,15 @@ ASSOCIATIONS_REJECTED = Counter(
     "codebrain_ingest_associations_rejected",
     "Association requests rejected by the node's policy (A-ASSOCIATE-RJ), by reason.",
     ["reason"],
+    registry=REGISTRY,
+)
+
+#: The families the receiver counts (``receive/scp.py``): summed over the receiver processes when there are several.
+INGEST_PREFIX = "codebrain_ingest_"
+
+RECEIVER_RESTARTS = Counter(
+    "codebrain_receiver_process_restarts",
+    "Receiver processes (dicom.receiver_processes > 1) that died and were started again.",
     registry=REGISTRY,
 )
 
@@ -122,10 +135,43 @@ _add_process_collectors()
 
 
 class ProcessMetrics(Collector):
-    """:data:`REGISTRY` as one collector, for another registry (the review app's) to include."""
+    """:data:`REGISTRY` as one collector, for another registry (the review app's) to include; ``without_ingest``
+    leaves out the ``codebrain_ingest_*`` families (other processes receive: :class:`ReceiverProcessMetrics`)."""
+
+    def __init__(self, without_ingest: bool = False) -> None:
+        self.without_ingest = without_ingest
 
     def collect(self) -> Iterator[Metric]:
-        return REGISTRY.collect()
+        for metric in REGISTRY.collect():
+            if not (self.without_ingest and metric.name.startswith(INGEST_PREFIX)):
+                yield metric
+
+
+class ReceiverProcessMetrics(Collector):
+    """The ``codebrain_ingest_*`` families summed over the receiver processes' files in ``folder`` (their
+    ``PROMETHEUS_MULTIPROC_DIR``); a process that died keeps its counts, so the sums never go back."""
+
+    def __init__(self, folder: Path) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self._files = MultiProcessCollector(None, path=str(folder))
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._files.collect():
+            if metric.name.startswith(INGEST_PREFIX):
+                yield metric
+
+
+def ingest_totals(folder: Path) -> dict[str, float]:
+    """Each ingest sample summed over the receiver processes' files, by name and labels (tests, ``bench``):
+    ``{"codebrain_ingest_instances_total{outcome=stored}": 500.0, ...}``."""
+    totals: dict[str, float] = {}
+    for metric in ReceiverProcessMetrics(folder).collect():
+        for sample in metric.samples:
+            labels = ",".join(f"{key}={value}" for key, value in sorted(sample.labels.items()))
+            name = f"{sample.name}{{{labels}}}" if labels else sample.name
+            totals[name] = totals.get(name, 0.0) + sample.value
+    return totals
 
 
 class MetricsServer:
@@ -143,10 +189,15 @@ class MetricsServer:
         self._server.server_close()
 
 
-def start_metrics_server(bind_address: str, port: int, extra: Iterable[Collector] = ()) -> MetricsServer:
-    """Serve :data:`REGISTRY` and ``extra`` (say the database counts) on ``bind_address:port`` (0: a free port)."""
+def start_metrics_server(
+    bind_address: str, port: int, extra: Iterable[Collector] = (), receiver_metrics: Path | None = None
+) -> MetricsServer:
+    """Serve :data:`REGISTRY` and ``extra`` (say the database counts) on ``bind_address:port`` (0: a free port);
+    with ``receiver_metrics`` (the receiver processes' folder), the ingest families are theirs, summed."""
     registry = CollectorRegistry()
-    registry.register(ProcessMetrics())
+    registry.register(ProcessMetrics(without_ingest=receiver_metrics is not None))
+    if receiver_metrics is not None:
+        registry.register(ReceiverProcessMetrics(receiver_metrics))
     for collector in extra:
         registry.register(collector)
     server, _thread = start_http_server(port, addr=bind_address, registry=registry)

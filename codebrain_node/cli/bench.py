@@ -105,13 +105,27 @@ def bench_train_command(
 def bench_ingest_command(
     instances: Annotated[int, typer.Option("--instances", min=1, help="MR instances (256x256 int16) to send.")] = 500,
     associations: Annotated[int, typer.Option("--associations", min=1, help="Parallel storescu associations.")] = 4,
+    receiver_processes: Annotated[
+        str,
+        typer.Option(
+            "--receiver-processes",
+            help="On the parallel run, ours also with these numbers of receiver processes on one port "
+            "(dicom.receiver_processes), comma-separated; empty for none.",
+        ),
+    ] = "1,2",
 ) -> None:
     """C-STORE instances/s into our SCP and into DCMTK storescp (same files, same run) and their ratio."""
     import json
 
     from codebrain_node.receive.bench import bench_ingest
 
-    typer.echo(json.dumps(bench_ingest(instances, associations), indent=2))
+    try:
+        counts = [int(value) for value in receiver_processes.split(",") if value.strip()]
+    except ValueError:
+        raise typer.BadParameter("whole numbers, comma-separated", param_hint="--receiver-processes") from None
+    if any(count < 1 for count in counts):
+        raise typer.BadParameter("each at least 1", param_hint="--receiver-processes")
+    typer.echo(json.dumps(bench_ingest(instances, associations, receiver_processes=counts), indent=2))
 
 
 @bench_app.command("e2e")

@@ -7,6 +7,9 @@ Engine workers run as separate processes (``codebrain-node worker``) so a model 
 tests and ``demo`` may run them as threads. Every piece of state is in the database and the spool, so a restart
 (even after SIGKILL) resumes every unfinished study, job and export.
 
+With ``dicom.receiver_processes`` above 1 the receive stage runs in that many processes sharing the DICOM port
+(``receive/processes.py``), supervised here like the engine workers.
+
 With ``metrics.enabled``, ``serve`` exposes Prometheus metrics on ``metrics.port`` (its receiver, exporter and
 thread engines, plus the rows by state read from the database) and each worker process it starts exposes its own
 on the next port (``port + 1 + index``, the same index after a restart, so a scrape target keeps its series).
@@ -36,6 +39,7 @@ from codebrain_node.engine.weights import LoadedModel, model_contrasts
 from codebrain_node.engine.worker import Engine, worker_name
 from codebrain_node.export.dispatch import build_destinations, run_due_exports
 from codebrain_node.metrics import MetricsServer, start_metrics_server
+from codebrain_node.receive.processes import ReceiverProcesses
 from codebrain_node.receive.scp import receiver_tls_context
 from codebrain_node.receive.service import ReceiveService, start_receive_service
 from codebrain_node.route.stable import make_scheduler
@@ -66,7 +70,7 @@ class Node:
         self.db = make_engine(settings.database_url)
         self.factory: sessionmaker[Session] = session_factory(self.db)
         self.stop_event = threading.Event()
-        self.receive: ReceiveService | None = None
+        self.receive: ReceiveService | ReceiverProcesses | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.review = None
         self.metrics: MetricsServer | None = None
@@ -84,9 +88,15 @@ class Node:
         """Migrate, then start each stage; the receiver last (it first files what the spool holds unrecorded)."""
         check_tls_files(self.settings)
         upgrade(self.db)
+        receivers = ReceiverProcesses(self.settings) if self.settings.dicom.receiver_processes > 1 else None
         if self.settings.metrics.enabled:
             metrics = self.settings.metrics
-            self.metrics = start_metrics_server(metrics.bind_address, metrics.port, [DatabaseCollector(self.factory)])
+            self.metrics = start_metrics_server(
+                metrics.bind_address,
+                metrics.port,
+                [DatabaseCollector(self.factory)],
+                receiver_metrics=receivers.metrics_dir if receivers is not None else None,
+            )
         contrasts = self.model.contrasts if self.model else model_contrasts(self.settings.model.weights)
         self.scheduler = make_scheduler(self.factory, self.settings, list(contrasts))
         self.scheduler.add_job(
@@ -106,7 +116,11 @@ class Node:
             from codebrain_node.review.server import ReviewServer
 
             self.review = ReviewServer(self.settings, self.factory).start()
-        self.receive = start_receive_service(self.settings, self.factory)
+        if receivers is not None:
+            self.receive = receivers
+            receivers.start(self.factory)
+        else:
+            self.receive = start_receive_service(self.settings, self.factory)
         log.info("node %s ready on port %d", self.settings.dicom.ae_title, self.port)
         return self
 

@@ -287,6 +287,46 @@ def _time_ours(files: Sequence[Path], work: Path, associations: int, tcp_nodelay
     return elapsed, cpu
 
 
+def _time_ours_processes(files: Sequence[Path], work: Path, associations: int, processes: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the receiver processes while the files arrived): our SCP as ``serve`` runs it
+    with ``dicom.receiver_processes = processes`` (``receive/processes.py``), spool only, no recorder (as
+    :func:`_time_ours`); what was stored is read from the processes' metrics."""
+    from codebrain_node.config import Settings
+    from codebrain_node.metrics import ingest_totals
+    from codebrain_node.receive.processes import ReceiverProcesses
+
+    data_dir = Path(tempfile.mkdtemp(prefix="codebrain-processes-", dir=work))
+    settings = Settings.model_validate(
+        {
+            "paths": {"data_dir": str(data_dir)},
+            "logging": {"level": "WARNING"},
+            "dicom": {
+                "ae_title": BENCH_CALLED_AE,
+                "bind_address": "127.0.0.1",
+                "port": 0,
+                "allowed_callers": [BENCH_CALLING_AE],
+                "max_associations": max(associations, 1) + 2,
+                "max_associations_per_peer": max(associations, 1) + 2,
+                "min_free_disk_mb": 0,
+                "receiver_processes": processes,
+            },
+        }
+    )
+    receivers = ReceiverProcesses(settings, processes, record=False).start()
+    try:
+        pids = receivers.pids
+        cpu_start = sum(_process_cpu_s(pid) for pid in pids)
+        elapsed = send_parallel(files, receivers.port, BENCH_CALLED_AE, associations)
+        cpu = sum(_process_cpu_s(pid) for pid in pids) - cpu_start
+        stored = ingest_totals(receivers.metrics_dir).get("codebrain_ingest_instances_total{outcome=stored}", 0)
+    finally:
+        receivers.stop()
+    if stored != len(files):
+        raise RuntimeError(f"our {processes} receiver processes stored {stored:.0f} of {len(files)} files")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return elapsed, cpu
+
+
 def _time_pynetdicom_baseline(files: Sequence[Path], work: Path, associations: int) -> tuple[float, float]:
     """The "before" figure: pynetdicom as its documentation writes a Storage SCP (TCP_NODELAY off, standard
     logging handlers, 16 KiB PDUs, ``event.dataset`` decoded to read the UIDs, ``event.encoded_dataset()``
@@ -357,6 +397,7 @@ def bench_ingest(
     work_dir: Path | None = None,
     compare_without_nodelay: bool = True,
     compare_baseline: bool = True,
+    receiver_processes: Sequence[int] = (1, 2),
 ) -> dict[str, Any]:
     """Instances/s for our SCP, storescp (with and without fsync) and Orthanc, over 1 and ``associations``
     associations, and the ratios of ours to each; ``ratios`` gathers the two the target is set on (ours /
@@ -364,7 +405,10 @@ def bench_ingest(
 
     Our SCP runs in this process (the recorder is not involved: it works off the association threads, and the
     database is not what is measured). ``compare_without_nodelay`` adds our figures with Nagle left on,
-    ``compare_baseline`` those of a plain pynetdicom SCP written as its documentation shows (the "before")."""
+    ``compare_baseline`` those of a plain pynetdicom SCP written as its documentation shows (the "before").
+
+    ``receiver_processes``: on the parallel run, ours also as ``serve`` runs it with that many receiver processes
+    on the one port (``dicom.receiver_processes``), each figure with its ratios and the CPU of all the processes."""
     for tool in (STORESCU, STORESCP):
         if not tool.exists():
             raise RuntimeError(f"{tool} not found (install DCMTK)")
@@ -389,6 +433,7 @@ def bench_ingest(
                 "storescp_cpu_ms_per_instance": round(1000 * theirs_cpu / n_instances, 3),
                 "ours_cpu_ms_per_instance": round(1000 * ours_cpu / n_instances, 3),
             }
+            durable = pacs = None
             if SYNC.exists():
                 durable, _ = _time_storescp(files, work, count, fsync=True)
                 run["storescp_fsync_per_s"] = round(n_instances / durable, 1)
@@ -401,6 +446,15 @@ def bench_ingest(
             floor = _time_durable_floor(files, work, count)
             run["durable_write_only_per_s"] = round(n_instances / floor, 1)
             run["ratio_ceiling_with_durable_write"] = round(theirs / floor, 3)
+            for processes in receiver_processes if count > 1 else ():
+                spread, spread_cpu = _time_ours_processes(files, work, count, processes)
+                name = f"{processes}_process{'es' if processes > 1 else ''}"
+                run[f"ours_{name}_per_s"] = round(n_instances / spread, 1)
+                run[f"ours_{name}_cpu_ms_per_instance"] = round(1000 * spread_cpu / n_instances, 3)
+                if durable is not None:
+                    run[f"ratio_{name}_vs_storescp_fsync"] = round(durable / spread, 3)
+                if pacs is not None:
+                    run[f"ratio_{name}_vs_orthanc"] = round(pacs / spread, 3)
             if compare_without_nodelay:
                 plain, _ = _time_ours(files, work, count, tcp_nodelay=False)
                 run["ours_without_nodelay_per_s"] = round(n_instances / plain, 1)
@@ -415,6 +469,11 @@ def bench_ingest(
                 "vs_storescp_fsync": run.get("ratio_vs_storescp_fsync"),
                 "vs_orthanc": run.get("ratio_vs_orthanc"),
                 "ours_cpu_ms_per_instance": run["ours_cpu_ms_per_instance"],
+                **{
+                    key: value
+                    for key, value in run.items()
+                    if "process" in key and (key.startswith("ratio_") or key.endswith("_cpu_ms_per_instance"))
+                },
             }
             for name, run in result["runs"].items()
         }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +42,11 @@ from codebrain_node.write.storage_commitment import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Failure Reason "no such object instance" (PS3.4 J.3.3): the UID has no row (yet).
+NOT_ON_RECORD = 0x0112
+#: How often instances not on record are looked for again when other receiver processes file instances too.
+RECHECK_S = 0.2
 
 #: Requests answered at once; beyond, an N-ACTION is refused 0x0213 (resource limitation) and may be sent again.
 MAX_CONCURRENT_ANSWERS = 16
@@ -86,8 +92,13 @@ class CommitmentResponder:
         check: Check,
         record: Callable[[CommitmentAnswered], None],
         settle: Callable[[float], bool] | None = None,
+        *,
+        siblings: bool = False,
     ) -> None:
         self.dicom = dicom
+        #: Other receiver processes file instances too (``dicom.receiver_processes`` > 1): ``settle`` waits for
+        #: ours only, so an instance not on record yet is looked for again until ``storage_commitment_settle_s``.
+        self.siblings = siblings
         self.check = check
         self.record = record
         #: Waits (up to the given seconds) until every instance acknowledged so far is recorded: the recorder's flush.
@@ -124,12 +135,21 @@ class CommitmentResponder:
 
     def result_of(self, request: CommitmentRequest) -> CommitmentResult:
         """Which referenced instances we hold, durably and on record."""
+        deadline = time.monotonic() + self.dicom.storage_commitment_settle_s
         if self.settle is not None and not self.settle(self.dicom.storage_commitment_settle_s):
             log.warning(
                 "storage commitment %s: the recorder is still filing; checking what is recorded",
                 request.transaction_uid,
             )
         checked = self.check([(r.sop_class_uid, r.sop_instance_uid) for r in request.references])
+        # another process may have acknowledged some just before and not filed them yet: a moment more for those
+        while self.siblings and time.monotonic() < deadline:
+            missing = [(c, i) for c, i, reason in checked if reason == NOT_ON_RECORD]
+            if not missing:
+                break
+            time.sleep(RECHECK_S)
+            again = {(c, i): reason for c, i, reason in self.check(missing)}
+            checked = [(c, i, again.get((c, i), reason)) for c, i, reason in checked]
         committed = tuple(Reference(c, i) for c, i, reason in checked if reason is None)
         failed = tuple(Failure(Reference(c, i), reason) for c, i, reason in checked if reason is not None)
         return CommitmentResult(request.transaction_uid, committed, failed)

@@ -60,7 +60,8 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
         return 0
     studies = _existing(session, Study, Study.study_instance_uid, {i.study_uid for i in instances})
     series_rows = _existing(session, Series, Series.series_instance_uid, {i.series_uid for i in instances})
-    known = set(_existing(session, Instance, Instance.sop_instance_uid, {i.sop_instance_uid for i in instances}).keys())
+    known_rows = _existing(session, Instance, Instance.sop_instance_uid, {i.sop_instance_uid for i in instances})
+    known = set(known_rows.keys())
     keys = {i.association_key for i in instances if i.association_key}
     associations: dict[str, Association] = _existing(session, Association, Association.key, keys)
     for item in instances:  # counted as delivered, even a UID another association delivered first
@@ -74,6 +75,7 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
         if item.sop_instance_uid in known:
             # recorded already (here or, for a node sharing the spool, in another series): no study or series row
             # is made for it, which would stay empty
+            _audit_elsewhere(session, known_rows.get(item.sop_instance_uid), item, studies)
             continue
         study = studies.get(item.study_uid)
         if study is None:
@@ -142,6 +144,26 @@ def record_instances(session: Session, instances: Sequence[ReceivedInstance]) ->
                 withdraw_queued_job(session, study, ACTOR)  # queued, not yet claimed: planned again with this
             reopened.add(item.study_uid)
     return new_rows
+
+
+def _audit_elsewhere(session: Session, row: Instance | None, item: ReceivedInstance, studies: dict) -> None:  # type: ignore[type-arg]
+    """A UID on record under another file (another study or series) than this copy's: audited as the spool of one
+    process audits it (another receiver process, or a node sharing the spool, took the first copy)."""
+    if row is None or not item.path or row.path == str(item.path):
+        return
+    reason = "SOP Instance UID already recorded in another study or series; this copy is not recorded"
+    log.warning("recorder: sop=%s %s (from %s)", item.sop_instance_uid, reason, item.calling_ae_title)
+    audit(
+        session,
+        ACTOR,
+        "instance:conflict",
+        studies.get(item.study_uid),
+        sop_instance_uid=item.sop_instance_uid,
+        series_instance_uid=item.series_uid,
+        study_instance_uid=item.study_uid,
+        reason=reason,
+        calling_ae_title=item.calling_ae_title,
+    )
 
 
 def _association_id(associations: dict[str, Association], item: ReceivedInstance) -> int | None:

@@ -25,6 +25,12 @@ socket for pynetdicom), and only then hands the socket to pynetdicom, whose asso
 against nobody's limit, and a host may have at most ``dicom.max_associations_per_peer`` of them waiting (further
 ones are closed at once). Such closings are logged once a minute per host and kind, not per connection.
 
+With several receiver processes on one port (``dicom.receiver_processes``, ``receive/processes.py``) the two
+association limits are the node's, not each process's: they are counted in one table the processes share
+(``receive/limits.py``) and refused alike (transient, service provider, "local limit exceeded"). The connections
+waiting to associate are bounded per process. The processes accept on the parent's listening socket
+(:class:`NoDelayAssociationServer` with ``listening_socket``).
+
 DICOM TLS (PS3.15 Annex B.9, the BCP 195 TLS profile; ``codebrain_node/tls.py``): with ``dicom.tls = "both"`` a
 second listener on ``dicom.tls_port`` speaks TLS beside the plain one on ``dicom.port``; with ``"only"`` it is the
 only one. Both listeners are one AE with the same handlers and policy. The TLS handshake runs in the
@@ -61,6 +67,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pydicom import uid as uids
 from pynetdicom import AE, _config, evt
@@ -78,6 +85,7 @@ from codebrain_node.receive.associations import (
     new_association_key,
 )
 from codebrain_node.receive.commitment import CommitmentReported, CommitmentResponder, report_of
+from codebrain_node.receive.limits import SharedAssociationCount
 from codebrain_node.receive.spool import CANNOT_UNDERSTAND, InstanceConflict, ReceivedInstance, Spool
 from codebrain_node.receive.store_response import install_fast_store_response
 from codebrain_node.tls import server_context
@@ -124,6 +132,9 @@ REJECT_WRONG_CALLED = (0x01, 0x01, 0x07)
 REJECT_HOST = (0x01, 0x01, 0x01)
 REJECT_LOW_DISK = (0x02, 0x03, 0x02)
 REJECT_PEER_LIMIT = (0x02, 0x03, 0x02)
+
+#: How long a receiver process with associations open defers its accept() on a shared socket, per association.
+ACCEPT_DEFER_S = 0.002
 
 #: The most of an A-ASSOCIATE-RQ waited for before pynetdicom gets the socket (a usual one is under 2 KiB).
 MAX_REQUEST_PEEK = 16_384
@@ -236,9 +247,54 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
     request_timeout_s: float = 5.0
     max_waiting_per_peer: int = 0
 
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
+    def __init__(self, *args: Any, listening_socket: socket.socket | None = None, **kwargs: Any) -> None:
+        #: A listening socket made by the parent and shared by several receiver processes (``receive/processes.py``):
+        #: used as it is (not bound, not listened on, never shut down: the others accept on it too).
+        self.listening_socket = listening_socket
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.listening_socket is None:
+            super().server_bind()
+            return
+        if self.socket is not None:
+            self.socket.close()  # the one socketserver made, never bound
+        self.socket = self.listening_socket
+        # non-blocking: a sibling process may take the connection between the wake-up and our accept()
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listening_socket is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        if self.listening_socket is None:
+            super().server_close()
+        elif self.socket is not None:
+            self.socket.close()  # only this process's descriptor: shutdown() would stop every process listening
+
+    def _accept(self) -> tuple[socket.socket, tuple[str, int]]:
+        """accept() with TCP_NODELAY on. On a shared socket every process wakes for each connection; one with
+        associations open waits a moment first (2 ms each, at most 16 ms), so an idle sibling usually takes it and
+        the associations spread evenly (the kernel's choice among waiting accept()s would not look at load). A
+        connection a sibling took first raises BlockingIOError, which socketserver's loop ignores."""
+        if self.socket is None:
+            raise RuntimeError("the server has no socket")
+        if self.listening_socket is not None:
+            busy = len(self.active_associations) + sum(self._waiting().values())
+            if busy:
+                time.sleep(min(busy, 8) * ACCEPT_DEFER_S)
+        client, address = self.socket.accept()
+        if self.listening_socket is not None:
+            client.setblocking(True)  # as accepted from pynetdicom's own (blocking, with a timeout) socket
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self._accept()
+        if self.ssl_context:  # as pynetdicom's get_request (TLSAssociationServer does the handshake later)
+            client = self.ssl_context.wrap_socket(client, server_side=True)
         return client, address
 
     def _waiting(self) -> dict[str, int]:
@@ -303,8 +359,7 @@ class TLSAssociationServer(NoDelayAssociationServer):
         if self.socket is None or self.ssl_context is None:
             raise RuntimeError("TLSAssociationServer needs a socket and an ssl_context")
         # not super(): pynetdicom's get_request would wrap and shake hands right here, in the accepting thread
-        client, address = self.socket.accept()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client, address = self._accept()
         return self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False), address
 
     def _before_association(self, connection: socket.socket, host: str) -> bool:
@@ -374,6 +429,8 @@ class Receiver:
         commitments: CommitmentResponder | None = None,
         on_commitment_report: Callable[[CommitmentReported], None] | None = None,
         server_class: type[ThreadedAssociationServer] = NoDelayAssociationServer,
+        shared_count: SharedAssociationCount | None = None,
+        listening_sockets: dict[str, socket.socket] | None = None,
     ) -> None:
         self.dicom = dicom
         self.spool = spool
@@ -386,6 +443,13 @@ class Receiver:
         #: Gets each N-EVENT-REPORT answering a request of ours (we are the SCU: the exporter asked).
         self.on_commitment_report = on_commitment_report
         self.server_class = server_class
+        #: Several receiver processes on one port: the node-wide association limits are counted here.
+        self.shared_count = shared_count
+        #: Listening sockets made by the parent of several receiver processes, by kind ("plain", "tls").
+        self.listening_sockets = dict(listening_sockets or {})
+        #: Associations admitted by ``shared_count`` → their peer, until released.
+        self._admitted: dict[object, str] = {}
+        self._admitted_lock = threading.Lock()
         self.identity = receiver_identity()
         self.stats = ReceiverStats()
         self._stats_lock = threading.Lock()
@@ -453,13 +517,19 @@ class Receiver:
 
     def _listen(self, kind: str, port: int, handlers: list) -> None:  # type: ignore[type-arg]
         address = (self.dicom.bind_address, port)
+        shared = self.listening_sockets.get(kind)
+        extra: dict[str, Any] = {"listening_socket": shared} if shared is not None else {}
         if kind == "tls":
             server = self.ae.make_server(
-                address, evt_handlers=handlers, server_class=TLSAssociationServer, ssl_context=self.tls_context
+                address,
+                evt_handlers=handlers,
+                server_class=TLSAssociationServer,
+                ssl_context=self.tls_context,
+                **extra,
             )
             server.handshake_timeout_s = self.dicom.acse_timeout_s  # type: ignore[attr-defined]
         else:
-            server = self.ae.make_server(address, evt_handlers=handlers, server_class=self.server_class)
+            server = self.ae.make_server(address, evt_handlers=handlers, server_class=self.server_class, **extra)
         if isinstance(server, NoDelayAssociationServer):
             server.request_timeout_s = self.dicom.association_request_timeout_s
             server.max_waiting_per_peer = self.dicom.max_associations_per_peer
@@ -489,6 +559,11 @@ class Receiver:
             left, self._keys = list(self._keys.values()), {}
         for key in left:
             self._tell(AssociationEnded(key, RECEIVER_STOPPED))
+        with self._admitted_lock:
+            admitted, self._admitted = list(self._admitted.values()), {}
+        if self.shared_count is not None:
+            for host in admitted:
+                self.shared_count.release(host)
 
     # --- handlers -------------------------------------------------------------------------------------------
 
@@ -505,10 +580,13 @@ class Receiver:
             reason, rejection = "called AE title not recognised", REJECT_WRONG_CALLED
         elif self.dicom.allowed_hosts and host not in self.dicom.allowed_hosts:
             reason, rejection = "host not allowed", REJECT_HOST
-        elif self._associations_from(host) > self.dicom.max_associations_per_peer:
+        elif self.shared_count is None and self._associations_from(host) > self.dicom.max_associations_per_peer:
             reason, rejection = "more than dicom.max_associations_per_peer from this host", REJECT_PEER_LIMIT
         elif not self.spool.has_room():
             reason, rejection = "free disk below dicom.min_free_disk_mb", REJECT_LOW_DISK
+        elif self.shared_count is not None:
+            reason = self._admit_shared(event.assoc, host)
+            rejection = REJECT_PEER_LIMIT  # both limits: transient, service provider, "local limit exceeded"
         if reason is None:
             # pynetdicom's documented latency/idle-CPU trade-off (DULServiceProvider._run_loop_delay): worth it for
             # a lone sender; with others open, their wake-ups would compete for the interpreter
@@ -523,6 +601,30 @@ class Receiver:
         event.assoc.acse.send_reject(*rejection)
         # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is out before the socket closes.
         event.assoc.kill()
+
+    def _admit_shared(self, assoc: object, host: str) -> str | None:
+        """The node-wide count (several receiver processes): None and counted, or why not. Associations whose
+        thread has ended without an end event are released first, so nothing is held for ever."""
+        assert self.shared_count is not None
+        with self._admitted_lock:
+            gone = [(a, h) for a, h in self._admitted.items() if not a.is_alive()]  # type: ignore[attr-defined]
+            for ended, _ in gone:
+                del self._admitted[ended]
+        for _, peer in gone:
+            self.shared_count.release(peer)
+        why_not = self.shared_count.admit(host, self.dicom.max_associations, self.dicom.max_associations_per_peer)
+        if why_not is None:
+            with self._admitted_lock:
+                self._admitted[assoc] = host
+        return why_not
+
+    def _release_shared(self, assoc: object) -> None:
+        if self.shared_count is None:
+            return
+        with self._admitted_lock:
+            host = self._admitted.pop(assoc, None)
+        if host is not None:
+            self.shared_count.release(host)
 
     def _associations_from(self, host: str) -> int:
         """Associations (this one included) whose peer is ``host``."""
@@ -551,6 +653,7 @@ class Receiver:
 
     def _on_ended(self, event: Event, reason: str) -> None:
         """Released, aborted or the connection closed: only the first of these for an association counts."""
+        self._release_shared(event.assoc)
         with self._keys_lock:
             key = self._keys.pop(event.assoc, None)
         if key is not None:  # rejected associations were never opened

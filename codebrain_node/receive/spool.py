@@ -163,12 +163,20 @@ def describe(
 class Spool:
     """``incoming/`` and ``tmp/`` under the data directory; thread-safe (every store uses its own temp name)."""
 
-    def __init__(self, data_dir: Path, min_free_disk_mb: int = 0, limits: InstanceLimits | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        min_free_disk_mb: int = 0,
+        limits: InstanceLimits | None = None,
+        tmp_name: str | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         #: What one instance may cost (inflated size, nesting depth, element length); beyond, it is refused.
         self.limits = limits or InstanceLimits()
         self.incoming = self.data_dir / "incoming"
-        self.tmp = self.data_dir / "tmp"
+        #: ``tmp_name``: a folder of ``tmp/`` of this process's own (one of several receiver processes), so that a
+        #: restarted one clears its dead predecessor's partial files and never a live sibling's.
+        self.tmp = self.data_dir / "tmp" / tmp_name if tmp_name else self.data_dir / "tmp"
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -200,9 +208,10 @@ class Spool:
         return target
 
     def clean_tmp(self) -> int:
-        """Remove partial files left by a crash or an aborted association; they were never acknowledged."""
+        """Remove partial files left by a crash or an aborted association; they were never acknowledged. The
+        whole ``tmp/`` spool also clears its processes' folders (called before any of them runs)."""
         removed = 0
-        for leftover in self.tmp.iterdir():
+        for leftover in self.tmp.rglob("*"):
             if leftover.is_file():
                 leftover.unlink(missing_ok=True)
                 removed += 1

@@ -25,4 +25,8 @@ def test_bench_ingest_reports_both_receivers(tmp_path) -> None:  # type: ignore[
             assert result["ratios"][name]["vs_orthanc"] == run["ratio_vs_orthanc"]
             assert result["ratios"][name]["vs_storescp_fsync"] == run.get("ratio_vs_storescp_fsync")
         assert "SyncStorageArea" in result["orthanc_durability"]
+    parallel = result["runs"]["2_associations"]  # ours as serve runs it, with 1 and 2 receiver processes
+    for name in ("1_process", "2_processes"):
+        assert parallel[f"ours_{name}_per_s"] > 0 and parallel[f"ours_{name}_cpu_ms_per_instance"] > 0
+    assert "ours_1_process_per_s" not in result["runs"]["1_association"]
     assert not list(tmp_path.iterdir())  # the work folder is removed
