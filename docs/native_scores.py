@@ -1,0 +1,95 @@
+"""Score the synthetic series of both native studies inside the brain (issue #14): ``python docs/native_scores.py``.
+
+Needs ../shared/data. Each native study (skull on, thick slices, its own grids) is written as DICOM by
+``dicomize`` with one contrast left out and imputed by the node's offline path (``impute_folder``, the shipped
+weights) twice: ``engine.brain_extraction`` off and deepbet. The left-out series and the nearest contrast (the
+acquired series a radiologist would look at instead: T1 for T1Gd, T2 for FLAIR) are rigidly registered onto the
+T1 reference; every volume is normalised on its p0.5–p99.5 inside deepbet's brain mask of the reference and scored
+there, slice by slice on the reference's slices with brain (PSNR dB, SSIM ×100 as ``evaluate``: the SSIM map
+averaged inside the brain). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from codebrain_node.config import load_settings
+from codebrain_node.contrasts import Contrast
+from codebrain_node.engine.weights import load_model
+from codebrain_node.imaging.brain_extraction import extract_brain
+from codebrain_node.imaging.preprocess import WINDOW_PERCENTILES, register_rigid, resample_onto
+from codebrain_node.imaging.series_io import read_dicom_folder
+from codebrain_node.node.dicomize import dicomize_case
+from codebrain_node.node.offline import impute_folder
+from training.metrics import slice_metrics
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FILES = {Contrast.T1: "t1n", Contrast.T1GD: "t1c", Contrast.T2: "t2w", Contrast.FLAIR: "t2f"}
+#: (study, dropped contrast, the acquired contrast nearest to it)
+STUDIES = (
+    ("TCGA-FG-6692-native", Contrast.T1GD, Contrast.T1),
+    ("TCGA-FG-6692-native", Contrast.FLAIR, Contrast.T2),
+    ("OpenMS-patient01-study1-native", Contrast.FLAIR, Contrast.T2),
+)
+
+
+def on_reference(folder: Path, name: str, reference: sitk.Image) -> np.ndarray:
+    """A NIfTI series of the case rigidly registered and resampled onto the reference, as a [Z, Y, X] array."""
+    image = sitk.ReadImage(str(folder / f"{name}.nii.gz"), sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resample_onto(image, reference, register_rigid(reference, image)))
+
+
+def normalised(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(volume[brain], WINDOW_PERCENTILES)
+    return np.clip((volume - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def score(prediction: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
+    keep = brain.any(axis=(1, 2))
+    pred, real, mask = (torch.from_numpy(np.ascontiguousarray(a[keep])) for a in (prediction, truth, brain))
+    figures = slice_metrics(pred, real, mask)
+    return float(figures["psnr_brain"].mean()), float(figures["ssim_brain"].mean())
+
+
+def main() -> None:
+    model = load_model(None)
+    rows = []
+    for study_name, dropped, nearest in STUDIES:
+        folder = SHARED / study_name
+        with tempfile.TemporaryDirectory() as work:
+            study = dicomize_case(folder, Path(work) / "study", vendor="siemens", drop=[dropped])
+            reference = read_dicom_folder(study.series[Contrast.T1])
+            brain = sitk.GetArrayFromImage(extract_brain(reference).mask).astype(bool)
+            truth = normalised(on_reference(folder, FILES[dropped], reference), brain)
+            copied = normalised(on_reference(folder, FILES[nearest], reference), brain)
+            scores = {"nearest": score(copied, truth, brain)}
+            for mode in ("off", "deepbet"):
+                settings = load_settings(None).model_copy(deep=True)
+                settings.engine.brain_extraction = mode
+                clock = time.perf_counter()
+                impute_folder(settings, study.study, Path(work) / mode, synthesize=[dropped], model=model)
+                seconds = time.perf_counter() - clock
+                (series,) = [p for p in (Path(work) / mode).rglob("*") if p.is_dir() and any(p.glob("*.dcm"))]
+                synthetic = sitk.GetArrayFromImage(sitk.Cast(read_dicom_folder(series), sitk.sitkFloat32))
+                scores[mode] = (*score(normalised(synthetic, brain), truth, brain), seconds)
+        rows.append((study_name, dropped, nearest, scores))
+        print(rows[-1], flush=True)
+    print(f"\nweights: {model.name} {model.version}")
+    print("| study, dropped | nearest contrast | synthetic, off | synthetic, deepbet | job time off / deepbet |")
+    print("| --- | --- | --- | --- | --- |")
+    for study_name, dropped, nearest, s in rows:
+        print(
+            f"| {study_name}, {dropped} (nearest: {nearest}) | {s['nearest'][0]:.2f} / {s['nearest'][1]:.1f} "
+            f"| {s['off'][0]:.2f} / {s['off'][1]:.1f} | {s['deepbet'][0]:.2f} / {s['deepbet'][1]:.1f} "
+            f"| {s['off'][2]:.0f} s / {s['deepbet'][2]:.0f} s |"
+        )
+
+
+if __name__ == "__main__":
+    main()
