@@ -55,7 +55,9 @@ def train(
         typer.Option("--config", help="Training recipe: a shipped name (default, cpu_brats, tiny...) or a TOML file."),
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder (BraTS, IXI or mapped layout).")] = None,
-    from_run: Annotated[Path | None, typer.Option("--from", help="Stage I run folder or inference checkpoint (for --stage 2).")] = None,
+    from_run: Annotated[
+        Path | None, typer.Option("--from", help="Stage I run folder or inference checkpoint (for --stage 2).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out from its last checkpoint, exactly.")] = False,
     gpus: Annotated[int | None, typer.Option(help="Launch K processes with torchrun (DDP).")] = None,
     model: Annotated[str, typer.Option(help="small | paper | brats | ixi | a model TOML.")] = "small",
