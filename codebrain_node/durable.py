@@ -70,7 +70,8 @@ def write_durably(
 ) -> int:
     """Write ``parts`` (bytes, or pieces written one after another) durably to ``final``; returns the size.
 
-    Unbuffered ``os.write`` of the caller's buffers: the receiver's hot path copies nothing it need not.
+    Unbuffered: the caller's buffers go to the kernel as they are (the pieces of a tuple or list in one
+    ``os.writev``), so the receiver's hot path copies nothing it need not and makes one write call per file.
     """
     final = Path(final)
     if tmp_dir is None:
@@ -80,11 +81,17 @@ def write_durably(
     try:
         descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            for part in (parts,) if isinstance(parts, bytes | bytearray | memoryview) else parts:
-                view = memoryview(part)
-                size += len(view)
-                while view:
-                    view = view[os.write(descriptor, view) :]
+            if isinstance(parts, bytes | bytearray | memoryview):
+                parts = (parts,)
+            if isinstance(parts, tuple | list):
+                views = [memoryview(part).cast("B") for part in parts]
+                size = sum(len(view) for view in views)
+                _write_all(descriptor, views)
+            else:
+                for part in parts:
+                    view = memoryview(part).cast("B")
+                    size += len(view)
+                    _write_all(descriptor, [view])
             os.fdatasync(descriptor)  # contents and size; the name is made durable by the folder's fsync
         finally:
             os.close(descriptor)
@@ -95,8 +102,28 @@ def write_durably(
     return size
 
 
+def _write_all(descriptor: int, views: list[memoryview]) -> None:
+    """All of ``views`` in order, in as few ``writev`` calls as the kernel allows (it may write less)."""
+    views = [view for view in views if len(view)]
+    while views:
+        written = os.writev(descriptor, views)
+        while written:
+            if written >= len(views[0]):
+                written -= len(views.pop(0))
+            else:
+                views[0] = views[0][written:]
+                written = 0
+
+
 def _publish(partial: Path, final: Path, sync_directory: bool) -> None:
-    make_dirs_durably(final.parent)
-    os.replace(partial, final)
+    """Rename into place (first making ``final``'s folder, durably, only if the rename says it is missing: no
+    look at the folder on every file), then fsync the folder so the new name survives a crash."""
+    try:
+        os.replace(partial, final)
+    except FileNotFoundError:
+        if final.parent.is_dir():
+            raise  # the partial itself is gone
+        make_dirs_durably(final.parent)
+        os.replace(partial, final)
     if sync_directory:
         fsync_directory(final.parent)

@@ -43,3 +43,49 @@ def test_make_dirs_durably_is_idempotent(tmp_path: Path) -> None:
     make_dirs_durably(target)
     make_dirs_durably(target)
     assert target.is_dir()
+
+
+def test_write_durably_writes_every_byte_when_writev_writes_less(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parts go out in one ``os.writev`` where the kernel allows; a short write is carried on from the byte
+    where it stopped, so the file is the parts joined (as one ``os.write`` per part wrote it)."""
+    import os
+
+    real_writev = os.writev
+    calls: list[int] = []
+
+    def short_writev(descriptor: int, buffers: list[memoryview]) -> int:
+        calls.append(len(buffers))
+        return real_writev(descriptor, [bytes(b"".join(buffers))[:7]])  # at most 7 bytes a call
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    parts = (b"preamble-", b"", b"DICM", bytearray(b"-dataset-bytes"), memoryview(b"-end"))
+    final = tmp_path / "series" / "x.dcm"
+    size = write_durably(final, parts, tmp_dir=tmp_path)
+    assert final.read_bytes() == b"".join(bytes(p) for p in parts)
+    assert size == len(final.read_bytes())
+    assert len(calls) > 1
+
+
+def test_write_durably_makes_a_missing_folder_durably_only_when_the_rename_needs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``tmp_dir`` the final folder is looked at only if the rename fails for want of it; then it is made
+    and its parent fsynced, as before; an existing folder costs no look (and no extra fsync)."""
+    from codebrain_node import durable
+
+    synced: list[Path] = []
+    real = durable.fsync_directory
+    monkeypatch.setattr(durable, "fsync_directory", lambda d: (synced.append(Path(d)), real(d))[1])
+    spare = tmp_path / "tmp"
+    spare.mkdir()
+    first = tmp_path / "incoming" / "study" / "one.dcm"
+    write_durably(first, (b"a", b"b"), tmp_dir=spare)
+    assert first.read_bytes() == b"ab"
+    # the two new folders' parents, then the final folder itself
+    assert synced == [tmp_path, tmp_path / "incoming", first.parent]
+    synced.clear()
+    write_durably(first.parent / "two.dcm", b"c", tmp_dir=spare)
+    assert synced == [first.parent]
+    assert list(spare.iterdir()) == []

@@ -47,12 +47,11 @@ association's key, so the database knows which studies an open association may s
 Speed: accepted sockets get TCP_NODELAY (pynetdicom leaves Nagle on, which holds back the small C-STORE-RSP
 until the peer's delayed ACK); the dataset is never decoded (the C-STORE primitive's bytes are written as sent,
 the header is read only up to group 0020, the File Meta and the C-STORE-RSP are packed by hand,
-``receive/store_response.py``); pynetdicom's per-PDU logging
-handlers are not bound; a larger maximum PDU means fewer PDUs per instance; the network thread of an association
-that is the only one open polls every 0.2 ms instead of pynetdicom's 1 ms (it sleeps only when idle, so the gain
-is latency for the usual lone sender: 340 -> 423 instances/s, medians of 4 alternating runs; with 4 parallel
-associations all polling fast, the extra wake-ups cost 571 -> 518, so they keep the default). ``bench ingest``
-measures all of this.
+``receive/store_response.py``, the C-STORE-RQ's command set is read by hand, ``receive/store_request.py``);
+pynetdicom's per-PDU logging handlers are not bound; a larger maximum PDU means fewer PDUs per instance; an
+association's two threads wait for work instead of polling every millisecond, and read each PDU in one call
+(``receive/reactor.py``; an association whose pynetdicom internals differ keeps pynetdicom's loops, its network
+thread polling every 0.2 ms when it is the only one open). ``bench ingest`` measures all of this.
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ from pydicom import uid as uids
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage, StorageCommitmentPushModel, Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from codebrain_node import metrics
 from codebrain_node.config import DicomSettings
@@ -86,7 +85,9 @@ from codebrain_node.receive.associations import (
 )
 from codebrain_node.receive.commitment import CommitmentReported, CommitmentResponder, report_of
 from codebrain_node.receive.limits import SharedAssociationCount
+from codebrain_node.receive.reactor import EventDrivenRequestHandler
 from codebrain_node.receive.spool import CANNOT_UNDERSTAND, InstanceConflict, ReceivedInstance, Spool
+from codebrain_node.receive.store_request import install_fast_store_request
 from codebrain_node.receive.store_response import install_fast_store_response
 from codebrain_node.tls import server_context
 from codebrain_node.write.storage_commitment import (
@@ -252,6 +253,8 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         #: used as it is (not bound, not listened on, never shut down: the others accept on it too).
         self.listening_socket = listening_socket
         super().__init__(*args, **kwargs)
+        if self.RequestHandlerClass is RequestHandler:  # the threads of each association wait, not poll
+            self.RequestHandlerClass = EventDrivenRequestHandler
 
     def server_bind(self) -> None:
         if self.listening_socket is None:
@@ -593,6 +596,7 @@ class Receiver:
             if len(self.ae.active_associations) <= 1:
                 event.assoc.dul._run_loop_delay = NETWORK_POLL_S
             install_fast_store_response(event.assoc)  # the C-STORE-RSP packed by hand, not through pydicom
+            install_fast_store_request(event.assoc)  # and the C-STORE-RQ's command set read by hand
             return
         with self._stats_lock:
             self.stats.rejected_associations += 1
