@@ -9,7 +9,7 @@ of ``bench ingest`` that CPU is taken from the senders and receivers.
 
 Here the same two loops, statement for statement, wait instead of sleeping:
 
-  - the network thread waits in ``select`` on its socket and on a wake-up pipe, which is written when another
+  - the network thread waits in ``poll`` on its socket and on a wake-up pipe, which is written when another
     thread queues something for it (a PDU to send, an event) or stops it; it still looks at everything at least
     every :data:`WAKE_EVERY_S` (timers: ARTIM, a socket closed under it);
   - the association thread waits on a :class:`threading.Event` set when a DIMSE message or an ACSE primitive
@@ -71,7 +71,7 @@ _ASSOC_NEEDS = ("_reactor_checkpoint", "_is_paused", "_kill", "_serve_request", 
 
 
 class _WakeUp:
-    """A pipe the network thread selects on; any thread may write it. Closed by the network thread when it ends;
+    """A pipe the network thread polls; any thread may write it. Closed by the network thread when it ends;
     a write after that is dropped (the lock keeps it from reaching a reused descriptor)."""
 
     def __init__(self) -> None:
@@ -195,7 +195,10 @@ def _run_network(dul: Any, wake: _WakeUp) -> None:
 
 
 def _wait(dul: Any, wake: _WakeUp) -> None:
-    """Until the socket is readable, another thread wakes us, or WAKE_EVERY_S; at once if work is queued."""
+    """Until the socket is readable, another thread wakes us, or WAKE_EVERY_S; at once if work is queued.
+
+    ``poll``, not ``select``: no limit on descriptor numbers (a node with over 1,024 files open). A socket that
+    cannot be waited on makes it sleep pynetdicom's own 1 ms, never spin."""
     raw = getattr(dul.socket, "socket", None) if dul.socket is not None else None
     if raw is None:
         time.sleep(dul._run_loop_delay)  # no connection (closing): pynetdicom's own pace
@@ -205,10 +208,17 @@ def _wait(dul: Any, wake: _WakeUp) -> None:
     if isinstance(raw, ssl.SSLSocket) and raw.pending():
         return
     try:
-        readable, _, _ = select.select([raw, wake.read_fd], [], [], WAKE_EVERY_S)
-    except (OSError, ValueError):  # closed under us: the loop's own check of the socket says so
+        descriptor = raw.fileno()
+        if descriptor < 0:
+            raise ValueError("closed")
+        waiting = select.poll()
+        waiting.register(descriptor, select.POLLIN)
+        waiting.register(wake.read_fd, select.POLLIN)
+        events = waiting.poll(WAKE_EVERY_S * 1000)
+    except (OSError, ValueError):  # closed under us: the loop's own look at the socket says so
+        time.sleep(dul._run_loop_delay)
         return
-    if wake.read_fd in readable:
+    if any(fd == wake.read_fd for fd, _ in events):
         wake.drain()
 
 
