@@ -17,6 +17,11 @@ Here the same two loops, statement for statement, wait instead of sleeping:
     network idle timer, a network thread that died). While it waits it reads as paused (``_is_paused``): it
     touches no queue before passing ``_reactor_checkpoint`` again, so ``pause_reactor``'s protocol holds.
 
+One order differs, on purpose: EVT_RELEASED is raised just before the A-RELEASE-RP is queued rather than just
+after. pynetdicom's network thread took up to 1 ms to send it; ours sends it at once, and the peer's closing of
+the connection (EVT_CONN_CLOSE, from the network thread) then often came first, filing a released association as
+"connection closed".
+
 Also, the socket is read in one ``recv_into`` per PDU where pynetdicom reads 4 KiB per call (33 calls for a
 128 KiB slice), the buffer growing only as bytes arrive (a PDU length a peer merely claims costs nothing).
 
@@ -281,11 +286,13 @@ def _run_association(assoc: Any, ready: threading.Event) -> None:
         idle = not msg
 
         if assoc.is_established and assoc.acse.is_release_requested():
-            assoc.acse.send_release(is_response=True)
-            _ASSOC_LOG.info("Association Released")
+            # EVT_RELEASED before the A-RELEASE-RP is queued (pynetdicom: just after): the network thread sends it
+            # at once now, and the peer's closing (EVT_CONN_CLOSE) would often come first otherwise
             assoc.is_released = True
             assoc.is_established = False
             evt.trigger(assoc, evt.EVT_RELEASED, {})
+            assoc.acse.send_release(is_response=True)
+            _ASSOC_LOG.info("Association Released")
             assoc.kill()
             return
 
