@@ -121,8 +121,9 @@ def _publish(partial: Path, final: Path, sync_directory: bool) -> None:
     try:
         os.replace(partial, final)
     except FileNotFoundError:
-        if final.parent.is_dir():
-            raise  # the partial itself is gone
+        if not partial.exists():
+            raise
+        # the folder was missing; another writer may be making it this very moment (mkdir is idempotent here)
         make_dirs_durably(final.parent)
         os.replace(partial, final)
     if sync_directory:

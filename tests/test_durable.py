@@ -89,3 +89,31 @@ def test_write_durably_makes_a_missing_folder_durably_only_when_the_rename_needs
     write_durably(first.parent / "two.dcm", b"c", tmp_dir=spare)
     assert synced == [first.parent]
     assert list(spare.iterdir()) == []
+
+
+def test_write_durably_when_another_writer_makes_the_folder_between_the_rename_and_the_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first files of one new series folder at once (two associations, two receiver processes): the rename
+    of one fails for want of the folder the other is making; it makes it too (idempotently) and succeeds."""
+    import os
+
+    from codebrain_node import durable
+
+    real_replace = os.replace
+    calls: list[int] = []
+
+    def replace_after_a_sibling_made_the_folder(src: object, dst: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            Path(dst).parent.mkdir(parents=True)  # the sibling's mkdir lands just after our rename failed
+            raise FileNotFoundError(2, "No such file or directory")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(durable.os, "replace", replace_after_a_sibling_made_the_folder)
+    spare = tmp_path / "tmp"
+    spare.mkdir()
+    final = tmp_path / "incoming" / "study" / "series" / "one.dcm"
+    write_durably(final, (b"x", b"y"), tmp_dir=spare)
+    assert final.read_bytes() == b"xy"
+    assert list(spare.iterdir()) == []
