@@ -109,6 +109,26 @@ def _association(port: int, ae_title: str = CALLER):  # type: ignore[no-untyped-
     return ae.associate("127.0.0.1", port, ae_title="CODEBRAIN")
 
 
+def _store_one_per_association(port: int, count: int) -> list[str]:
+    """``count`` instances, each on an association of its own, each answered Success; their SOP Instance UIDs."""
+    uids = []
+    for index in range(count):
+        assoc = _association(port)
+        assert assoc.is_established
+        try:
+            dataset = make_mr_instance(generate_uid(), generate_uid(), index, rows=8, columns=8)
+            assert assoc.send_c_store(dataset).Status == 0x0000
+            uids.append(str(dataset.SOPInstanceUID))
+        finally:
+            assoc.release()
+    return uids
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
 @BOTH_DATABASES
 def test_a_study_on_four_associations_at_once_is_recorded_once_per_instance(
     start: Callable[..., ReceiverProcesses], factory: sessionmaker[Session], tmp_path: Path
@@ -257,18 +277,10 @@ def test_storage_commitment_is_answered_from_what_any_process_stored(
 
 def test_the_metrics_endpoint_sums_the_processes(start: Callable[..., ReceiverProcesses], tmp_path: Path) -> None:
     receivers = start()
-    for index in range(4):
-        assoc = _association(receivers.port)
-        assert assoc.is_established
-        try:
-            dataset = make_mr_instance(generate_uid(), generate_uid(), index, rows=8, columns=8)
-            assert assoc.send_c_store(dataset).Status == 0x0000
-        finally:
-            assoc.release()
+    _store_one_per_association(receivers.port, 4)
     server = metrics.start_metrics_server("127.0.0.1", 0, receiver_metrics=receivers.metrics_dir)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
-            text = response.read().decode()
+        text = _scrape(server.port)
     finally:
         server.stop()
     lines = [line for line in text.splitlines() if line.startswith("codebrain_ingest_instances_total")]
@@ -285,16 +297,7 @@ def test_a_process_that_dies_is_started_again_and_receives(
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: victim not in receivers.pids and len(receivers.pids) == 2, WAIT_S, "a replacement process")
     assert metrics.RECEIVER_RESTARTS._value.get() == before + 1
-    uids = []
-    for index in range(4):
-        assoc = _association(receivers.port)
-        assert assoc.is_established
-        try:
-            dataset = make_mr_instance(generate_uid(), generate_uid(), index, rows=8, columns=8)
-            assert assoc.send_c_store(dataset).Status == 0x0000
-            uids.append(dataset.SOPInstanceUID)
-        finally:
-            assoc.release()
+    uids = _store_one_per_association(receivers.port, 4)
     wait_for(lambda: set(uids) <= set(_instances(factory)), WAIT_S, "the instances recorded")
 
 
@@ -361,17 +364,9 @@ def test_serve_with_two_receiver_processes_has_one_metrics_endpoint_and_stops_th
     try:
         assert isinstance(node.receive, ReceiverProcesses)
         pids = node.receive.pids
-        for index in range(4):
-            assoc = _association(node.port)
-            assert assoc.is_established
-            try:
-                dataset = make_mr_instance(generate_uid(), generate_uid(), index, rows=8, columns=8)
-                assert assoc.send_c_store(dataset).Status == 0x0000
-            finally:
-                assoc.release()
+        _store_one_per_association(node.port, 4)
         assert node.metrics is not None
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics.port}/metrics", timeout=10) as response:
-            text = response.read().decode()
+        text = _scrape(node.metrics.port)
         assert 'codebrain_ingest_instances_total{outcome="stored"} 4.0' in text.splitlines()
         assert text.count("# TYPE codebrain_ingest_instances_total counter") == 1
     finally:
