@@ -228,15 +228,14 @@ class PosteriorCodeMethod:
             shared = self.features_from.features if self.features_from is not None else None
             if shared is not None and shared.shape[0] != s * p:
                 raise ValueError("features_from holds another batch's features: score it first, on this batch")
-            outputs = []
-            for start, (pass_codes, pass_images, pass_available) in zip(
-                itertools.count(0, self.batch_size or s * p), passes(self.batch_size, *inputs), strict=False
-            ):
+            outputs, start = [], 0
+            for pass_codes, pass_images, pass_available in passes(self.batch_size, *inputs):
                 if shared is None:
                     recon = self.model.decode(pass_codes, pass_images, pass_available)
                 else:
                     features = shared[start : start + pass_codes.shape[0]]
                     recon = self.model.decoder(pass_codes.to(features.dtype), features)
+                start += pass_codes.shape[0]
                 recon = recon.float().clamp(0, 1)
                 outputs.append(torch.where(pass_available[..., None, None], pass_images.float(), recon))
         return torch.cat(outputs).unflatten(0, (s, p))
