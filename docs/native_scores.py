@@ -27,10 +27,10 @@ from codebrain_node.imaging.preprocess import WINDOW_PERCENTILES, register_rigid
 from codebrain_node.imaging.series_io import read_dicom_folder
 from codebrain_node.node.dicomize import dicomize_case
 from codebrain_node.node.offline import impute_folder
+from training.datasets import find_cases
 from training.metrics import slice_metrics
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FILES = {Contrast.T1: "t1n", Contrast.T1GD: "t1c", Contrast.T2: "t2w", Contrast.FLAIR: "t2f"}
 #: (study, dropped contrast, the acquired contrast nearest to it)
 STUDIES = (
     ("TCGA-FG-6692-native", Contrast.T1GD, Contrast.T1),
@@ -39,9 +39,9 @@ STUDIES = (
 )
 
 
-def on_reference(folder: Path, name: str, reference: sitk.Image) -> np.ndarray:
+def on_reference(path: Path, reference: sitk.Image) -> np.ndarray:
     """A NIfTI series of the case rigidly registered and resampled onto the reference, as a [Z, Y, X] array."""
-    image = sitk.ReadImage(str(folder / f"{name}.nii.gz"), sitk.sitkFloat32)
+    image = sitk.ReadImage(str(path), sitk.sitkFloat32)
     return sitk.GetArrayFromImage(resample_onto(image, reference, register_rigid(reference, image)))
 
 
@@ -59,6 +59,7 @@ def score(prediction: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> tuple
 
 def main() -> None:
     model = load_model(None)
+    cases = {case.subject: case for case in find_cases(SHARED)}
     rows = []
     for study_name, dropped, nearest in STUDIES:
         folder = SHARED / study_name
@@ -66,8 +67,9 @@ def main() -> None:
             study = dicomize_case(folder, Path(work) / "study", vendor="siemens", drop=[dropped])
             reference = read_dicom_folder(study.series[Contrast.T1])
             brain = sitk.GetArrayFromImage(extract_brain(reference).mask).astype(bool)
-            truth = normalised(on_reference(folder, FILES[dropped], reference), brain)
-            copied = normalised(on_reference(folder, FILES[nearest], reference), brain)
+            paths = cases[study_name].paths
+            truth = normalised(on_reference(paths[dropped], reference), brain)
+            copied = normalised(on_reference(paths[nearest], reference), brain)
             scores = {"nearest": score(copied, truth, brain)}
             for mode in ("off", "deepbet"):
                 settings = load_settings(None).model_copy(deep=True)

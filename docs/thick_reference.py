@@ -21,11 +21,12 @@ from codebrain_node.contrasts import Contrast
 from codebrain_node.engine.weights import load_model
 from codebrain_node.engine.worker import run_model
 from codebrain_node.imaging.preprocess import prepare_study, serving_size
+from training.datasets import find_cases
 from training.metrics import slice_metrics
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CASES = ("Brats18_CBICA_AVG_1", "TCGA-FG-6692", "Brats18_2013_11_1")
-FILES = {Contrast.T1: "t1n", Contrast.T1GD: "t1c", Contrast.T2: "t2w", Contrast.FLAIR: "t2f"}
+FOUR = (Contrast.T1, Contrast.T1GD, Contrast.T2, Contrast.FLAIR)
 SLAB = 5
 #: (inputs, target, the contrast the nearest baseline copies)
 PATTERNS = (
@@ -50,11 +51,10 @@ def score(prediction: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> tuple
 
 def main() -> None:
     model = load_model(None)
+    cases = {case.subject: case for case in find_cases(SHARED)}
     rows = []
     for case in CASES:
-        volumes = {
-            c: sitk.ReadImage(str(SHARED / case / f"{name}.nii.gz"), sitk.sitkFloat32) for c, name in FILES.items()
-        }
+        volumes = {c: sitk.ReadImage(str(cases[case].paths[c]), sitk.sitkFloat32) for c in FOUR}
         for label, study in (("1 mm", volumes), (f"{SLAB} mm", {c: thick(v, SLAB) for c, v in volumes.items()})):
             for inputs, target, nearest in PATTERNS:
                 size = serving_size(study[Contrast.T1])
