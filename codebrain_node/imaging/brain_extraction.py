@@ -17,6 +17,11 @@ squeezes its box into 256³ voxels whatever their size), so the reference is res
 and the mask brought back onto the reference's own grid (linear interpolation of the binary mask, > 0.5: the
 partial volume of a thick slice).
 
+**Already skull-stripped.** A volume whose voxels outside its foreground are (almost) all exactly zero, with a
+foreground no larger than a brain (``MAX_BRAIN_ML``), has been skull-stripped already (BraTS, the training data):
+its foreground is its brain (the mask training normalises on), and deepbet is not run (it would cost 7–10 s a
+study and only shave the edge of a mask someone already drew).
+
 **Fallback.** When deepbet is not installed, fails, or gives an implausible mask (under ``MIN_BRAIN_ML`` or over
 ``MAX_BRAIN_ML``, or mostly outside the head), the head mask of :func:`~codebrain_node.imaging.preprocess.
 foreground_mask` (Otsu, largest component, holes filled: the whole head on skull-on data) is used instead, which
@@ -43,6 +48,9 @@ BRAIN_EXTRACTION_METHODS = ("off", "deepbet")
 #: adult intracranial volumes stay near or under 2,000 ml (the MNI152 head, larger than most, holds 2,000).
 MIN_BRAIN_ML = 50.0
 MAX_BRAIN_ML = 2500.0
+#: A volume with at least this fraction of exact zeros outside its foreground has been skull-stripped already
+#: (acquired MR carries noise in the air; a skull-stripped volume is 0 there).
+MIN_ZERO_OUTSIDE = 0.99
 #: At least this fraction of the brain mask must lie inside the head mask.
 MIN_INSIDE_HEAD = 0.9
 #: The grid the networks see (mm).
@@ -77,6 +85,11 @@ def extract_brain(image: sitk.Image, method: str = "deepbet", *, device: str = "
         raise ValueError(f"brain extraction method must be one of {BRAIN_EXTRACTION_METHODS[1:]}, got {method!r}")
     clock = time.perf_counter()
     head = _head_mask(image)
+    if skull_stripped_already(sitk.GetArrayViewFromImage(image), head, _voxel_ml(image)):
+        seconds = time.perf_counter() - clock
+        result = BrainMask(_as_image(head, image), "already skull-stripped", _volume_ml(head, image), seconds)
+        log.info("%s", result.describe())
+        return result
     try:
         brain = _deepbet_mask(image, device)
     except ImportError as exc:
@@ -89,6 +102,16 @@ def extract_brain(image: sitk.Image, method: str = "deepbet", *, device: str = "
     result = BrainMask(_as_image(brain, image), method, _volume_ml(brain, image), time.perf_counter() - clock)
     log.info("%s", result.describe())
     return result
+
+
+def skull_stripped_already(volume: np.ndarray, foreground: np.ndarray, voxel_ml: float) -> bool:
+    """True when ``volume`` is a brain already: exact zeros outside its ``foreground``, which is brain-sized."""
+    outside = ~foreground
+    if not outside.any() or not foreground.any():
+        return False
+    if float(foreground.sum()) * voxel_ml > MAX_BRAIN_ML:
+        return False
+    return float((volume[outside] == 0).mean()) >= MIN_ZERO_OUTSIDE
 
 
 def implausible(brain: np.ndarray, head: np.ndarray, voxel_ml: float) -> str:

@@ -106,6 +106,27 @@ def test_without_deepbet_the_head_mask_is_used_and_said(
         extract_brain(image, "bet")
 
 
+def test_a_skull_stripped_reference_is_its_own_brain_and_deepbet_is_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    image, brain = _skull_on_head(seed=2)
+    stripped = sitk.GetImageFromArray(np.where(brain, sitk.GetArrayFromImage(image), 0).astype(np.int16))
+    stripped.CopyInformation(image)
+
+    def must_not_run(_image: sitk.Image, _device: str) -> np.ndarray:
+        raise AssertionError("deepbet ran on a skull-stripped volume")
+
+    monkeypatch.setattr(brain_extraction, "_deepbet_mask", must_not_run)
+    result = extract_brain(stripped)
+    assert result.is_brain and result.method == "already skull-stripped"
+    assert _dice(sitk.GetArrayFromImage(result.mask).astype(bool), brain) > 0.97
+    plain = prepare_study({Contrast.T1: stripped}, Contrast.T1, size=192, register=False)
+    prepared = prepare_study({Contrast.T1: stripped}, Contrast.T1, size=192, register=False, brain_extraction="deepbet")
+    assert prepared.windows == plain.windows  # normalised exactly as training normalises a skull-stripped volume
+    np.testing.assert_allclose(prepared.arrays, plain.arrays * prepared.brain_mask, atol=0)
+
+    # the same volume with the acquired air's noise back is a head: deepbet is asked
+    assert "deepbet ran" in extract_brain(image).fallback_reason
+
+
 @needs_deepbet
 def test_deepbet_masks_a_skull_on_phantom(small_case: PhantomCase) -> None:
     images = {c: small_case.images[c] for c in (Contrast.T1, Contrast.T2)}
