@@ -338,7 +338,7 @@ class EngineSettings(_Section):
     #: A claimed job whose worker has been silent this long is taken back.
     lease_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     #: Brain extraction before the model (imaging/brain_extraction.py): "deepbet", or "off" for the head mask.
-    brain_extraction: Literal["off", "deepbet"] = "off"
+    brain_extraction: Literal["off", "deepbet"] = "deepbet"
 
 
 class ReviewUser(_Section):

@@ -4,9 +4,13 @@ Needs ../shared/data. Each native study (skull on, thick slices, its own grids) 
 ``dicomize`` with one contrast left out and imputed by the node's offline path (``impute_folder``, the shipped
 weights) twice: ``engine.brain_extraction`` off and deepbet. The left-out series and the nearest contrast (the
 acquired series a radiologist would look at instead: T1 for T1Gd, T2 for FLAIR) are rigidly registered onto the
-T1 reference; every volume is normalised on its p0.5–p99.5 inside deepbet's brain mask of the reference and scored
-there, slice by slice on the reference's slices with brain (PSNR dB, SSIM ×100 as ``evaluate``: the SSIM map
-averaged inside the brain). Prints a Markdown table.
+T1 reference and normalised on their p0.5–p99.5 inside deepbet's brain mask of the reference. The synthetic is
+scored twice: as written, i.e. mapped back to the model's [0, 1] output through the window the engine restored it
+with (the reference's, ``restore``) — how ``evaluate`` scores held-out cases — and re-normalised on its own
+p0.5–p99.5 like the acquired volumes, which discards the model's intensity calibration (a synthetic without the
+acquired T1Gd's bright vessels gets a lower p99.5, so its whole brain is shifted up). Scored inside that brain,
+slice by slice on the reference's slices with brain (PSNR dB, SSIM ×100 as ``evaluate``: the SSIM map averaged
+inside the brain). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from codebrain_node.config import load_settings
 from codebrain_node.contrasts import Contrast
 from codebrain_node.engine.weights import load_model
 from codebrain_node.imaging.brain_extraction import extract_brain
-from codebrain_node.imaging.preprocess import WINDOW_PERCENTILES, register_rigid, resample_onto
+from codebrain_node.imaging.preprocess import (
+    WINDOW_PERCENTILES,
+    normalise,
+    prepare_study,
+    register_rigid,
+    resample_onto,
+    serving_size,
+)
 from codebrain_node.imaging.series_io import read_dicom_folder
 from codebrain_node.node.dicomize import dicomize_case
 from codebrain_node.node.offline import impute_folder
@@ -48,6 +59,14 @@ def on_reference(path: Path, reference: sitk.Image) -> np.ndarray:
 def normalised(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
     low, high = np.percentile(volume[brain], WINDOW_PERCENTILES)
     return np.clip((volume - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def as_written(synthetic: np.ndarray, reference: sitk.Image, brain_extraction: str) -> np.ndarray:
+    """The model's [0, 1] output back from a written series: ``restore`` scaled it by the reference's window, which
+    ``prepare_study`` computes from the reference alone (on the head, or on the brain with extraction)."""
+    size = serving_size(reference, minimum=256)
+    prepared = prepare_study({Contrast.T1: reference}, Contrast.T1, size=size, brain_extraction=brain_extraction)
+    return normalise(synthetic, prepared.windows[Contrast.T1])
 
 
 def score(prediction: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
@@ -79,18 +98,19 @@ def main() -> None:
                 seconds = time.perf_counter() - clock
                 (series,) = [p for p in (Path(work) / mode).rglob("*") if p.is_dir() and any(p.glob("*.dcm"))]
                 synthetic = sitk.GetArrayFromImage(sitk.Cast(read_dicom_folder(series), sitk.sitkFloat32))
-                scores[mode] = (*score(normalised(synthetic, brain), truth, brain), seconds)
+                scores[mode] = score(as_written(synthetic, reference, mode), truth, brain)
+                scores[f"{mode}, re-normalised"] = score(normalised(synthetic, brain), truth, brain)
+                scores[f"{mode} s"] = (seconds,)
         rows.append((study_name, dropped, nearest, scores))
         print(rows[-1], flush=True)
     print(f"\nweights: {model.name} {model.version}")
-    print("| study, dropped | nearest contrast | synthetic, off | synthetic, deepbet | job time off / deepbet |")
-    print("| --- | --- | --- | --- | --- |")
+    columns = ("nearest", "off", "deepbet", "off, re-normalised", "deepbet, re-normalised")
+    print(f"| study, dropped | {' | '.join(columns)} | job time off / deepbet |")
+    print("| --- " * (len(columns) + 2) + "|")
     for study_name, dropped, nearest, s in rows:
-        print(
-            f"| {study_name}, {dropped} (nearest: {nearest}) | {s['nearest'][0]:.2f} / {s['nearest'][1]:.1f} "
-            f"| {s['off'][0]:.2f} / {s['off'][1]:.1f} | {s['deepbet'][0]:.2f} / {s['deepbet'][1]:.1f} "
-            f"| {s['off'][2]:.0f} s / {s['deepbet'][2]:.0f} s |"
-        )
+        cells = " | ".join(f"{s[c][0]:.2f} / {s[c][1]:.1f}" for c in columns)
+        seconds = f"{s['off s'][0]:.0f} s / {s['deepbet s'][0]:.0f} s"
+        print(f"| {study_name}, {dropped} (nearest: {nearest}) | {cells} | {seconds} |")
 
 
 if __name__ == "__main__":
