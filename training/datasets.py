@@ -118,8 +118,10 @@ def find_cases(data_dir: Path | str) -> list[Case]:
 # --- slices ---------------------------------------------------------------------------------------------------
 
 
-def _cache_key(case: Case, contrasts: Sequence[Contrast], size: int) -> str:
+def _cache_key(case: Case, contrasts: Sequence[Contrast], size: int, brain_extraction: str = "off") -> str:
     parts = [case.subject, str(size), *[str(c) for c in contrasts]]
+    if brain_extraction != "off":  # caches made before the option keep their keys
+        parts.append(f"brain_extraction={brain_extraction}")
     for contrast in contrasts:
         path = case.paths[contrast]
         stat = path.stat()
@@ -127,29 +129,39 @@ def _cache_key(case: Case, contrasts: Sequence[Contrast], size: int) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
-def prepare_case(case: Case, contrasts: Sequence[Contrast], size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Read and prepare one case: float32 [N, Z, size, size] in [0, 1] (order = ``contrasts``) and bool mask [Z,H,W]."""
+def prepare_case(
+    case: Case, contrasts: Sequence[Contrast], size: int = 256, brain_extraction: str = "off"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read and prepare one case: float32 [N, Z, size, size] in [0, 1] (order = ``contrasts``) and bool mask [Z,H,W].
+
+    ``brain_extraction`` as the node's ``engine.brain_extraction``: ``"deepbet"`` for skull-on training cases (a
+    skull-stripped case is its own brain either way, so the default ``"off"`` gives the same windows on them).
+    """
     volumes = {c: read_series(case.paths[c]) for c in contrasts}
     reference = choose_reference(contrasts)
     register = case.register or any(not same_grid(v, volumes[reference]) for v in volumes.values())
-    prepared = prepare_study(volumes, reference, size=size, register=register)
+    prepared = prepare_study(volumes, reference, size=size, register=register, brain_extraction=brain_extraction)
     arrays = np.stack([prepared.array(c) for c in contrasts])
     return arrays, prepared.brain_mask
 
 
 def load_case(
-    case: Case, contrasts: Sequence[Contrast], size: int = 256, cache_dir: Path | None = None
+    case: Case,
+    contrasts: Sequence[Contrast],
+    size: int = 256,
+    cache_dir: Path | None = None,
+    brain_extraction: str = "off",
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`prepare_case`, through a per-case ``.npy`` cache (float16 volumes, memory-mapped) when ``cache_dir``."""
     if cache_dir is None:
-        arrays, mask = prepare_case(case, contrasts, size)
+        arrays, mask = prepare_case(case, contrasts, size, brain_extraction)
         return arrays.astype(np.float16), mask
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = _cache_key(case, contrasts, size)
+    key = _cache_key(case, contrasts, size, brain_extraction)
     image_file, mask_file = cache_dir / f"{key}-image.npy", cache_dir / f"{key}-mask.npy"
     if not (image_file.exists() and mask_file.exists()):
-        arrays, mask = prepare_case(case, contrasts, size)
+        arrays, mask = prepare_case(case, contrasts, size, brain_extraction)
         # per-process names: runs started side by side (a model and its baseline) may fill one cache at once
         tmp_image, tmp_mask = (path.with_suffix(f".{os.getpid()}.tmp.npy") for path in (image_file, mask_file))
         np.save(tmp_image, arrays.astype(np.float16))
@@ -229,6 +241,7 @@ class SubjectSplit:
     test_fraction: float = 0.1
     seed: int = 0
     assignment: dict[str, list[str]] | None = None
+    brain_extraction: str = "off"  # the data config's: evaluation prepares cases as training did
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -243,6 +256,7 @@ class SubjectSplit:
             test_fraction=float(stored.get("test_fraction", 0.1)),
             seed=int(stored.get("seed", 0)),
             assignment=stored.get("assignment"),
+            brain_extraction=str(stored.get("brain_extraction", "off")),
         )
 
 
@@ -279,6 +293,7 @@ def datasets_for_model(
         seed=split.seed,
         cache_dir=cache_dir,
         assignment=split.assignment,
+        brain_extraction=split.brain_extraction,
     )
 
 
@@ -294,6 +309,7 @@ def build_datasets(
     subjects: Sequence[str] | None = None,
     min_brain_fraction: float = 0.01,
     assignment: Mapping[str, Sequence[str]] | None = None,
+    brain_extraction: str = "off",
 ) -> DatasetSplits:
     """Slice datasets for ``contrasts`` from every case under ``data_dir``, split by subject (never by slice).
 
@@ -324,7 +340,7 @@ def build_datasets(
     cache = Path(cache_dir) if cache_dir is not None else None
     loaded = {}
     for case in usable:
-        arrays, mask = load_case(case, contrasts, size, cache)
+        arrays, mask = load_case(case, contrasts, size, cache, brain_extraction)
         loaded[case.subject] = _Volume(case.subject, arrays, mask)
         log.info("prepared %s: %d slices", case.subject, arrays.shape[1])
 

@@ -122,7 +122,14 @@ def train(
         model, model_cfg = _build_model(stage, arch, model_cfg, model_config, from_run)
         size = cfg.data.size or model_cfg.image_size
         assignment = read_split_file(cfg.data.split_file) if cfg.data.split_file else None
-        split = SubjectSplit(size, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed, assignment)
+        split = SubjectSplit(
+            size,
+            cfg.data.val_fraction,
+            cfg.data.test_fraction,
+            cfg.data.split_seed,
+            assignment,
+            cfg.data.brain_extraction,
+        )
         if datasets is None:
             if data_dir is None:
                 raise ValueError("no data: pass --data DIR")

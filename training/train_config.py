@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from codebrain_node.imaging.brain_extraction import BRAIN_EXTRACTION_METHODS
+
 STAGE_TABLES = {1: "stage1", 2: "stage2"}
 
 
@@ -52,6 +54,14 @@ class DataConfig:
     split_file: str | None = None
     cache_dir: str | None = None
     num_workers: int = 2
+    #: "deepbet" prepares skull-on training cases as the node serves them (engine.brain_extraction); skull-stripped
+    #: cases are their own brain either way.
+    brain_extraction: str = "off"
+
+    def __post_init__(self) -> None:
+        if self.brain_extraction not in BRAIN_EXTRACTION_METHODS:
+            allowed = BRAIN_EXTRACTION_METHODS
+            raise ValueError(f"data.brain_extraction must be one of {allowed}, not {self.brain_extraction!r}")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,38 @@ def test_ixi_series_on_another_grid_are_registered_onto_t1(tmp_path: Path) -> No
     assert overlap > 0.9
 
 
+def test_a_skull_on_training_case_is_prepared_as_served_with_brain_extraction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from codebrain_node.imaging import brain_extraction
+    from training.datasets import load_case
+    from training.train_config import DataConfig
+
+    brain = _volume(0)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in (10, 40, 40)], indexing="ij")
+    scalp = (x**2 + y**2 + (z / 1.2) ** 2 < 0.95) & (sitk.GetArrayFromImage(brain) == 0)
+    rng = np.random.default_rng(1)
+    for name, seed in (("t1n", 0), ("t2w", 1)):
+        values = sitk.GetArrayFromImage(_volume(seed)).astype(np.float32)
+        values = np.where(scalp, 1500.0, values) + rng.uniform(1, 9, values.shape)  # a bright scalp, noisy air
+        image = sitk.GetImageFromArray(values.astype(np.int16))
+        image.CopyInformation(brain)
+        _write(image, tmp_path / "data" / "S00" / f"{name}.nii.gz")
+    inside = sitk.GetArrayFromImage(brain) > 0
+    monkeypatch.setattr(brain_extraction, "_deepbet_mask", lambda _image, _device: inside)
+    (case,) = find_cases(tmp_path / "data")
+    contrasts = [Contrast.T1, Contrast.T2]
+    plain, head = prepare_case(case, contrasts, size=160)
+    extracted, mask = load_case(case, contrasts, 160, tmp_path / "cache", brain_extraction="deepbet")
+    assert mask.sum() < head.sum()  # the brain, not the head
+    assert not np.asarray(extracted)[:, ~mask].any()  # zero outside it, scalp included
+    assert plain[:, head & ~mask].mean() > 1.5 * plain[:, mask].mean()  # without: a bright scalp, a dark brain
+    load_case(case, contrasts, 160, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*-image.npy"))) == 2  # cached apart
+    with pytest.raises(ValueError, match="brain_extraction"):
+        DataConfig(brain_extraction="bet")
+
+
 def test_splits_are_by_subject_and_cached(tmp_path: Path) -> None:
     data = tmp_path / "data"
     for i in range(10):
