@@ -427,6 +427,7 @@ def evaluate(
     *,
     direct_checkpoint: str | Path | None = None,
     split: str = "test",
+    split_file: str | Path | None = None,
     batch_size: int | None = None,
     max_slices: int | None = None,
     device: str | None = None,
@@ -438,7 +439,9 @@ def evaluate(
     """Score a CodeBrain inference checkpoint (and the baselines) on ``split``; write table, CSV, JSON, PNG.
 
     ``datasets``: pre-built splits (tests); otherwise built from ``data_dir`` with the split stored in the
-    checkpoint, so the test subjects are the ones training never saw. ``max_slices`` evenly subsamples the split.
+    checkpoint, so the test subjects are the ones training never saw (``split_file``, a committed split such as
+    ``real22``, names them for a checkpoint that stores none: a shipped file keeps only its weights).
+    ``max_slices`` evenly subsamples the split.
     Progress and timings go to stderr (a long run is never silent); the table and where the files are, to stdout.
     ``precision``: the model rows' weights, as the node runs them (``auto``: bf16 where native).
     """
@@ -451,7 +454,7 @@ def evaluate(
             raise ValueError("no data: pass --data DIR")
         started = time.perf_counter()
         _say(f"reading and preparing every case under {data_dir} (resampled on the fly, no cache) ...")
-        datasets = _training_split(Path(data_dir), checkpoint, model.cfg, every_subject=split == "all")
+        datasets = _training_split(Path(data_dir), checkpoint, model.cfg, split, split_file)
         _say(f"prepared the cases in {time.perf_counter() - started:.0f} s")
     # "all": a folder held out as a whole (other anatomies, another site); every subject is scored, and the
     # nearest-contrast baseline is fitted on those same subjects (which can only flatter the baseline).
@@ -527,14 +530,27 @@ def _spread(length: int, count: int) -> list[int]:
     return [int((i + 0.5) * length / count) for i in range(count)]
 
 
-def _training_split(data_dir: Path, checkpoint: Path, cfg: Any, every_subject: bool = False) -> Any:
-    """The same subject split as training, read from the checkpoint's metadata (defaults otherwise).
+def _training_split(
+    data_dir: Path, checkpoint: Path, cfg: Any, split_name: str, split_file: str | Path | None = None
+) -> Any:
+    """The same subject split as training: ``split_file``'s, or the one the checkpoint's metadata records.
 
-    ``every_subject`` puts every subject of ``data_dir`` in the train split (for held-out folders), whatever
-    subjects a committed split (``assignment``) named."""
-    from training.datasets import SubjectSplit, datasets_for_model
+    ``split_name == "all"`` puts every subject of ``data_dir`` in the train split (for held-out folders), whatever
+    subjects a committed split (``assignment``) named. Any other split of a checkpoint that records none, with no
+    ``split_file``, is an error: the default fractions would pick subjects training may have seen."""
+    from training.datasets import SubjectSplit, datasets_for_model, read_split_file
 
-    split = SubjectSplit.from_json(read_checkpoint_metadata(checkpoint).get("data_split"), cfg.image_size)
+    recorded = read_checkpoint_metadata(checkpoint).get("data_split")
+    if split_name != "all" and recorded is None and split_file is None:
+        raise ValueError(
+            f"{checkpoint} records no subject split (a shipped file keeps only its weights), so its {split_name} "
+            "subjects are unknown: pass --split-file NAME (the committed split it was trained on, e.g. real22), "
+            "or --split all on a folder of held-out cases"
+        )
+    split = SubjectSplit.from_json(recorded, cfg.image_size)
+    if split_file is not None:
+        split = replace(split, assignment=read_split_file(split_file))
+    every_subject = split_name == "all"
     if every_subject:
         split = replace(split, val_fraction=0.0, test_fraction=0.0, assignment=None)
     return datasets_for_model(data_dir, cfg, split)

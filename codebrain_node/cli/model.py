@@ -95,6 +95,10 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Where the table (CSV, JSON) and PNG grid go.")] = None,
     direct: Annotated[Path | None, typer.Option(help="Direct-regression checkpoint to score beside it.")] = None,
     split: Annotated[str, typer.Option(help="test (the checkpoint's held-out subjects), val, train, or all.")] = "test",
+    split_file: Annotated[
+        str | None,
+        typer.Option(help="Committed subject split (configs/splits NAME or TOML) for a checkpoint that records none."),
+    ] = None,
     max_slices: Annotated[int | None, typer.Option(help="Evenly subsample at most this many slices.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
     precision: Annotated[
@@ -111,6 +115,7 @@ def evaluate(
         out,
         direct_checkpoint=direct,
         split=split,
+        split_file=split_file,
         max_slices=max_slices,
         device=device,
         precision=precision,

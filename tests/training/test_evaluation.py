@@ -279,10 +279,26 @@ def test_split_all_scores_every_subject_even_with_a_committed_split(tmp_path, mo
     checkpoint = save_inference_checkpoint(CodeBrain(cfg), tmp_path / "cb.safetensors", {"data_split": split.to_json()})
     asked = []
     monkeypatch.setattr(training.datasets, "datasets_for_model", lambda _dir, _cfg, split: asked.append(split))
-    _training_split(tmp_path, checkpoint, cfg)
-    _training_split(tmp_path, checkpoint, cfg, every_subject=True)
+    _training_split(tmp_path, checkpoint, cfg, "test")
+    _training_split(tmp_path, checkpoint, cfg, "all")
     assert asked[0] == split  # test/val: the subjects training held out
     assert asked[1].assignment is None and asked[1].val_fraction == asked[1].test_fraction == 0.0
+
+
+def test_a_checkpoint_without_a_recorded_split_needs_the_split_file_for_its_test_subjects(tmp_path, monkeypatch):
+    import training.datasets
+    from training.evaluate import _training_split
+
+    cfg = tiny_model_config(("T1", "T2", "FLAIR"))
+    shipped = save_inference_checkpoint(CodeBrain(cfg), tmp_path / "shipped.safetensors", {})  # weights only
+    asked = []
+    monkeypatch.setattr(training.datasets, "datasets_for_model", lambda _dir, _cfg, split: asked.append(split))
+    with pytest.raises(ValueError, match="records no subject split.*--split-file"):
+        _training_split(tmp_path, shipped, cfg, "test")  # a random tenth of the cases would be scored
+    _training_split(tmp_path, shipped, cfg, "test", "real22")
+    assert "TCGA-FG-6692" in asked[0].assignment["test"] and "TCGA-FG-6692" not in asked[0].assignment["train"]
+    _training_split(tmp_path, shipped, cfg, "all")  # a held-out folder needs no split
+    assert asked[1].assignment is None
 
 
 def _tally_of(confidence: torch.Tensor, error: torch.Tensor) -> dict:

@@ -11,5 +11,5 @@ elif [ -f "$out/checkpoints/last.pt" ]; then nice -n 15 codebrain-node train --s
 else nice -n 15 codebrain-node train --stage 1 --arch direct --config cpu_real_direct --data "$data" --out "$out" --model small
 fi
 # the model card's comparison: CodeBrain, the direct baseline and nearest contrast on the 6 held-out cases
-codebrain-node evaluate --direct "$out/model.safetensors" --data "$data" --split test --max-slices 360 \
+codebrain-node evaluate --direct "$out/model.safetensors" --data "$data" --split test --split-file real22 --max-slices 360 \
   --out "$runs/eval-direct-real"
