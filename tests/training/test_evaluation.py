@@ -293,7 +293,7 @@ def test_a_checkpoint_without_a_recorded_split_needs_the_split_file_for_its_test
     shipped = save_inference_checkpoint(CodeBrain(cfg), tmp_path / "shipped.safetensors", {})  # weights only
     asked = []
     monkeypatch.setattr(training.datasets, "datasets_for_model", lambda _dir, _cfg, split: asked.append(split))
-    with pytest.raises(ValueError, match="records no subject split.*--split-file"):
+    with pytest.raises(ValueError, match=r"records no subject split.*--split-file"):
         _training_split(tmp_path, shipped, cfg, "test")  # a random tenth of the cases would be scored
     _training_split(tmp_path, shipped, cfg, "test", "real22")
     assert "TCGA-FG-6692" in asked[0].assignment["test"] and "TCGA-FG-6692" not in asked[0].assignment["train"]
