@@ -345,3 +345,25 @@ def test_evaluate_reports_confidence_for_a_model_that_has_it(tmp_path, capsys):
     assert "rank correlation of a slice's mean confidence" in capsys.readouterr().out
     assert (tmp_path / "eval" / "confidence.png").stat().st_size > 0
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["confidence"] == result.confidence
+
+
+def test_shipped_weights_keep_the_run_s_split_so_split_test_needs_no_split_file(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from codebrain_node.model.checkpoint import read_checkpoint_metadata
+    from training.datasets import SubjectSplit
+
+    script = Path(__file__).resolve().parents[2] / "training" / "recipes" / "ship_weights.py"
+    recipe = importlib.util.spec_from_file_location("ship_weights", script)
+    ship_weights = importlib.util.module_from_spec(recipe)
+    recipe.loader.exec_module(ship_weights)
+    cfg = tiny_model_config(("T1", "T2", "FLAIR"))
+    split = SubjectSplit(size=32, assignment={"train": ["a"], "val": ["b"], "test": ["c"]})
+    (tmp_path / "run").mkdir()
+    save_inference_checkpoint(CodeBrain(cfg), tmp_path / "run" / "model.safetensors", {"data_split": split.to_json()})
+    (tmp_path / "weights").mkdir()
+    shipped = ship_weights.ship(tmp_path / "run", "tiny", "9.9", weights_dir=tmp_path / "weights")
+    metadata = read_checkpoint_metadata(shipped)
+    assert metadata["model_version"] == "9.9" and SubjectSplit.from_json(metadata["data_split"], 32) == split
+    assert shipped.name in (tmp_path / "weights" / "SHA256SUMS").read_text()

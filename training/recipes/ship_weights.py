@@ -1,5 +1,6 @@
 """Turn a Stage II run into the shipped inference checkpoint: fp16 weights, name/version in the metadata, and its
-digest in weights/SHA256SUMS (checked at every load).
+digest in weights/SHA256SUMS (checked at every load). The run's subject split goes with it, so
+``codebrain-node evaluate --split test`` scores the shipped file on the cases its training held out.
 
     python training/recipes/ship_weights.py RUN_DIR NAME VERSION [--no-confidence]
 
@@ -16,21 +17,27 @@ from pathlib import Path
 
 from codebrain_node.engine.weights import CHECKSUMS, WEIGHTS_DIR
 from codebrain_node.model import CodeBrain, load_inference_checkpoint, save_inference_checkpoint, sha256_of
+from codebrain_node.model.checkpoint import read_checkpoint_metadata
 
 
-def ship(run_dir: Path, name: str, version: str, confidence: bool = True) -> Path:
+def ship(run_dir: Path, name: str, version: str, confidence: bool = True, weights_dir: Path = WEIGHTS_DIR) -> Path:
     trained = load_inference_checkpoint(run_dir / "model.safetensors")
     # The confidence map only reads the prior's grading probabilities: same weights, one more output.
     cfg = dataclasses.replace(trained.cfg, confidence=confidence, name=name)
     model = CodeBrain(cfg)
     model.load_state_dict(trained.state_dict())
-    target = WEIGHTS_DIR / f"codebrain-{name}.safetensors"
-    save_inference_checkpoint(model, target, {"model_name": f"codebrain-{name}", "model_version": version}, half=True)
+    target = weights_dir / f"codebrain-{name}.safetensors"
+    checksums = weights_dir / CHECKSUMS.name
+    metadata = {"model_name": f"codebrain-{name}", "model_version": version}
+    split = read_checkpoint_metadata(run_dir / "model.safetensors").get("data_split")
+    if split is not None:
+        metadata["data_split"] = split
+    save_inference_checkpoint(model, target, metadata, half=True)
     target.chmod(0o644)  # a package file: readable by the service user, whoever built it
     lines = [
-        line for line in (CHECKSUMS.read_text().splitlines() if CHECKSUMS.exists() else []) if target.name not in line
+        line for line in (checksums.read_text().splitlines() if checksums.exists() else []) if target.name not in line
     ]
-    CHECKSUMS.write_text("\n".join([*lines, f"{sha256_of(target)}  {target.name}"]) + "\n")
+    checksums.write_text("\n".join([*lines, f"{sha256_of(target)}  {target.name}"]) + "\n")
     return target
 
 
