@@ -550,7 +550,6 @@ def _training_split(
     split = SubjectSplit.from_json(recorded, cfg.image_size)
     if split_file is not None:
         split = replace(split, assignment=read_split_file(split_file))
-    every_subject = split_name == "all"
-    if every_subject:
+    if split_name == "all":
         split = replace(split, val_fraction=0.0, test_fraction=0.0, assignment=None)
     return datasets_for_model(data_dir, cfg, split)
