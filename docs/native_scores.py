@@ -28,7 +28,7 @@ from codebrain_node.contrasts import Contrast
 from codebrain_node.engine.weights import load_model
 from codebrain_node.imaging.brain_extraction import extract_brain
 from codebrain_node.imaging.preprocess import (
-    WINDOW_PERCENTILES,
+    intensity_window,
     normalise,
     prepare_study,
     register_rigid,
@@ -57,8 +57,8 @@ def on_reference(path: Path, reference: sitk.Image) -> np.ndarray:
 
 
 def normalised(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    low, high = np.percentile(volume[brain], WINDOW_PERCENTILES)
-    return np.clip((volume - low) / max(high - low, 1e-6), 0.0, 1.0).astype(np.float32)
+    """The volume on its own p0.5–p99.5 inside the brain, as the preprocessing normalises a series."""
+    return normalise(volume, intensity_window(volume, brain))
 
 
 def as_written(synthetic: np.ndarray, reference: sitk.Image, brain_extraction: str) -> np.ndarray:
