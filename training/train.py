@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,6 +52,12 @@ class Splits(Protocol):
     val: Dataset
 
 
+MODEL_HELP = (
+    "small | paper | brats | ixi | a model TOML (default small; Stage II: the --from network's, or one that "
+    "differs from it only in its prior)"
+)
+
+
 def resolve_model_config(spec: str | Path | ModelConfig) -> ModelConfig:
     """A shipped name (``"small"``, ``"paper"``), a TOML path, or a ready ModelConfig."""
     if isinstance(spec, ModelConfig):
@@ -66,7 +73,7 @@ def train(
     from_run: str | Path | None = None,
     resume: bool = False,
     gpus: int | None = None,
-    model_config: str | Path | ModelConfig = "small",
+    model_config: str | Path | ModelConfig | None = None,
     arch: str = "codebrain",
     *,
     datasets: Splits | None = None,
@@ -171,7 +178,7 @@ def _build_model(
     stage: int,
     arch: str,
     stored: ModelConfig | None,
-    spec: str | Path | ModelConfig,
+    spec: str | Path | ModelConfig | None,
     from_run: str | Path | None,
 ) -> tuple[CodeBrain | DirectRegression, ModelConfig]:
     """Stage II: the Stage I run's network (its config wins); otherwise a fresh network of the chosen config.
@@ -180,16 +187,36 @@ def _build_model(
     prior Stage II then fine-tunes on new data with their Stage I frozen).
     """
     if stage == 2:
-        if from_run is not None:
-            source = Path(from_run)
-            model = load_inference_checkpoint(source if source.is_file() else source / INFERENCE_NAME)
-            if not isinstance(model, CodeBrain):
-                raise TypeError(f"{from_run} holds a {type(model).__name__}, not a CodeBrain Stage I model")
-            return model, model.cfg
-        # Resuming Stage II: the checkpoint restores every weight; only the architecture is needed here.
-        return CodeBrain(stored), stored
-    cfg = stored or resolve_model_config(spec)
+        if stored is not None:  # resuming: the checkpoint restores every weight; only the architecture is needed
+            return CodeBrain(stored), stored
+        source = Path(from_run)  # type: ignore[arg-type]  # train() refuses Stage II without --from or --resume
+        model = load_inference_checkpoint(source if source.is_file() else source / INFERENCE_NAME)
+        if not isinstance(model, CodeBrain):
+            raise TypeError(f"{from_run} holds a {type(model).__name__}, not a CodeBrain Stage I model")
+        return (model, model.cfg) if spec is None else _with_new_prior(model, resolve_model_config(spec), from_run)
+    cfg = stored or resolve_model_config(spec or "small")
     return (DirectRegression(cfg) if arch == "direct" else CodeBrain(cfg)), cfg
+
+
+def _with_new_prior(stage1: CodeBrain, wanted: ModelConfig, source: str | Path | None) -> tuple[CodeBrain, ModelConfig]:
+    """Stage I of ``stage1`` with a freshly initialised prior of ``wanted``'s size (a wider prior on the same
+    frozen Stage I). ``wanted`` may differ from the Stage I network in its prior and name only."""
+    prior_only = {"prior_width_multiplier", "name"}
+    have, want = stage1.cfg.to_dict(), wanted.to_dict()
+    differs = sorted(k for k in want if k not in prior_only and want[k] != have[k])
+    if differs:
+        raise ValueError(
+            f"Stage II keeps the Stage I network of {source}; --model may change only the prior "
+            f"({sorted(prior_only - {'name'})}), but {wanted.name} differs in {differs}"
+        )
+    if stage1.cfg.prior_dim == wanted.prior_dim:
+        return stage1, replace(stage1.cfg, name=wanted.name)
+    model = CodeBrain(wanted)
+    stage1_state = {k: v for k, v in stage1.state_dict().items() if not k.startswith("prior_encoder.")}
+    missing, unexpected = model.load_state_dict(stage1_state, strict=False)
+    if unexpected or any(not k.startswith("prior_encoder.") for k in missing):
+        raise RuntimeError(f"Stage I weights of {source} do not fit {wanted.name}: {missing + unexpected}")
+    return model, wanted
 
 
 def build_argv(
@@ -199,7 +226,7 @@ def build_argv(
     out_dir: str | Path,
     from_run: str | Path | None = None,
     resume: bool = False,
-    model_config: str | Path | ModelConfig = "small",
+    model_config: str | Path | ModelConfig | None = None,
     arch: str = "codebrain",
     stop_after_step: int | None = None,
     device: str | None = None,
@@ -207,8 +234,9 @@ def build_argv(
     """The ``python -m training`` arguments that reproduce a ``train()`` call (used by the torchrun re-launch)."""
     if isinstance(model_config, ModelConfig):
         raise TypeError("a --gpus re-launch needs the model config as a name or file, not an object")
-    argv = ["--stage", str(stage), "--out", str(out_dir), "--model", str(model_config), "--arch", arch]
+    argv = ["--stage", str(stage), "--out", str(out_dir), "--arch", arch]
     optional = {
+        "--model": model_config,
         "--config": config_path,
         "--data": data_dir,
         "--from": from_run,
@@ -231,7 +259,7 @@ def _relaunch_with_torchrun(
     out_dir: Path,
     from_run: str | Path | None,
     resume: bool,
-    model_config: str | Path | ModelConfig,
+    model_config: str | Path | ModelConfig | None,
     arch: str,
     stop_after_step: int | None,
     device: str | None,
@@ -266,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from", dest="from_run", type=Path, help="Stage I run folder (Stage II)")
     parser.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint")
     parser.add_argument("--gpus", type=int, default=None, help="launch K processes with torchrun")
-    parser.add_argument("--model", default="small", help="small | paper | model TOML")
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--arch", choices=ARCHITECTURES, default="codebrain")
     parser.add_argument("--stop-after-step", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)

@@ -60,7 +60,12 @@ def train(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out from its last checkpoint, exactly.")] = False,
     gpus: Annotated[int | None, typer.Option(help="Launch K processes with torchrun (DDP).")] = None,
-    model: Annotated[str, typer.Option(help="small | paper | brats | ixi | a model TOML.")] = "small",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="small | paper | brats | ixi | a model TOML (default small; --stage 2: the --from network's)."
+        ),
+    ] = None,
     arch: Annotated[str, typer.Option(help="codebrain, or direct (the regression baseline).")] = "codebrain",
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
 ) -> None:

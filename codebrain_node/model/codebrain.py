@@ -148,7 +148,7 @@ class CodeBrain(_Imputer):
         self.quantizer = FSQ(cfg.levels, eps=cfg.fsq_eps)
         self.common_encoder = Encoder(n_in, wide, cfg.naf_depth, None, cfg.stage_blocks)
         self.decoder = Decoder(cfg.code_dim + 8 * wide, wide, cfg.naf_depth, cfg.num_contrasts, cfg.stage_blocks)
-        self.prior_encoder = Encoder(n_in, wide, cfg.naf_depth, cfg.grading_channels, cfg.stage_blocks)
+        self.prior_encoder = Encoder(n_in, cfg.prior_dim, cfg.naf_depth, cfg.grading_channels, cfg.stage_blocks)
 
     # --- parameter sets (Stage I trains all but the prior; Stage II only the prior) ---------------------------
     def stage1_parameters(self) -> list[nn.Parameter]:

@@ -44,6 +44,7 @@ class ModelConfig:
     image_size: int = 256
     discriminator_dim: int = 64
     name: str = "custom"
+    prior_width_multiplier: int | None = None  # the prior encoder's width (× naf_dim); None: width_multiplier
 
     def __post_init__(self) -> None:
         contrasts = tuple(Contrast.parse(str(c)).value for c in self.contrasts)
@@ -65,6 +66,8 @@ class ModelConfig:
         for key in ("naf_dim", "width_multiplier", "discriminator_dim"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.prior_width_multiplier is not None and self.prior_width_multiplier < 1:
+            raise ValueError(f"prior_width_multiplier must be >= 1 or unset, got {self.prior_width_multiplier}")
         if self.naf_depth < 0:
             raise ValueError(f"naf_depth must be >= 0, got {self.naf_depth}")
         if self.image_size % 8:
@@ -88,6 +91,12 @@ class ModelConfig:
     def wide_dim(self) -> int:
         """Base width of E_c, the decoder and the prior encoder."""
         return self.naf_dim * self.width_multiplier
+
+    @property
+    def prior_dim(self) -> int:
+        """Base width of the prior encoder: the bottleneck of a small model (the posterior-code ceiling is
+        3 dB above it), so it may be wider than E_c and the decoder."""
+        return self.naf_dim * (self.prior_width_multiplier or self.width_multiplier)
 
     @property
     def input_channels(self) -> int:

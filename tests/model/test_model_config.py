@@ -10,10 +10,10 @@ from codebrain_node.model import CodeBrain, ModelConfig
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
 
 
-@pytest.mark.parametrize("name", ["paper", "small", "brats", "ixi"])
+@pytest.mark.parametrize("name", ["paper", "small", "brats", "ixi", "small_wide_prior"])
 def test_shipped_configs_load(name: str) -> None:
     cfg = ModelConfig.from_toml(CONFIG_DIR / f"{name}.toml")
-    assert cfg.name == name
+    assert cfg.name == name.replace("_", "-")
     assert cfg.codebook_size == 64_000
     assert cfg.grading_channels == 33
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
@@ -31,6 +31,14 @@ def test_paper_config_has_the_authors_size() -> None:
     assert 25e6 < counts["prior"] < 31e6
 
 
+def test_a_wider_prior_changes_only_the_prior() -> None:
+    small = ModelConfig.from_toml(CONFIG_DIR / "small.toml")
+    wide = ModelConfig.from_toml(CONFIG_DIR / "small_wide_prior.toml")
+    assert (small.prior_dim, wide.prior_dim) == (small.wide_dim, 2 * small.wide_dim)
+    narrow, wider = CodeBrain(small).parameter_counts(), CodeBrain(wide).parameter_counts()
+    assert narrow["stage1"] == wider["stage1"] and wider["prior"] > 3 * narrow["prior"]
+
+
 def test_aliases_and_top_level_toml(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
     path.write_text('contrasts = ["t1n", "t2f"]\nnaf_dim = 4\n[train]\nlr = 1e-3\n')
@@ -46,6 +54,7 @@ def test_aliases_and_top_level_toml(tmp_path: Path) -> None:
         ({"levels": [8, 1]}, ">= 2"),
         ({"grading": "softmax"}, "grading"),
         ({"naf_dimm": 3}, "unknown model config"),
+        ({"prior_width_multiplier": 0}, "prior_width_multiplier"),
         ({"contrasts": ["T1", "DWI"]}, "unknown contrast"),
     ],
 )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,27 @@ def test_stage1_then_stage2_leave_a_complete_run(tmp_path, fast_toml, model_cfg,
     assert out.images.shape == images.shape and torch.isfinite(out.images).all()
     stage2_rows = [r for r in _records(tmp_path / "s2") if r["split"] == "train"]
     assert "code_accuracy" in stage2_rows[-1]
+
+
+def test_stage2_trains_a_wider_prior_on_a_frozen_stage1(tmp_path, fast_toml, model_cfg, splits):
+    train(1, fast_toml, None, tmp_path / "s1", model_config=model_cfg, datasets=splits)
+    wide = replace(model_cfg, prior_width_multiplier=2 * model_cfg.width_multiplier, name="wide")
+    train(2, fast_toml, None, tmp_path / "s2", from_run=tmp_path / "s1", model_config=wide, datasets=splits)
+    first = load_inference_checkpoint(tmp_path / "s1" / "model.safetensors")
+    final = load_inference_checkpoint(tmp_path / "s2" / "model.safetensors")
+    assert final.cfg.prior_dim == 2 * first.cfg.prior_dim
+    before, after = first.state_dict(), final.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in before if not n.startswith("prior_encoder."))
+    with pytest.raises(ValueError, match="may change only the prior"):
+        train(
+            2,
+            fast_toml,
+            None,
+            tmp_path / "s3",
+            from_run=tmp_path / "s1",
+            datasets=splits,
+            model_config=replace(model_cfg, naf_depth=model_cfg.naf_depth + 1),
+        )
 
 
 def test_direct_baseline_trains_with_the_same_loop(tmp_path, fast_toml, model_cfg, splits):
