@@ -5,6 +5,12 @@ Targets are the FSQ levels of the complete set under the *frozen* Stage I poster
 (missing contrasts zero-filled) and is trained with the grading loss of the model config: ordinal BCE (the
 paper's) or cross-entropy (the classification ablation). Only the prior's weights change, so the run's final
 inference checkpoint is the complete CodeBrain model, ready for ``impute``.
+
+With ``image_loss_weight`` > 0 (beyond the paper) the prior also answers for the images its codes decode to: the
+frozen decoder reads the prior's codes, rounded as at inference in the forward pass, the expected level
+Σ_j p̃_j in the backward pass (straight-through), and λ_missing · PSNR-loss of the missing contrasts joins
+the grading loss. The grading loss counts every wrong level alike; this term weighs them by what they cost in the
+image.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from codebrain_node.model import CodeBrain, encoder_input, grading_accuracy, grading_loss
+from codebrain_node.model.grading import monotone_exceedance, split_logits
 from training.loop import Distributed, autocast, clip_and_step, make_adamw, make_cosine_schedule, wrap_ddp
 from training.stage1 import draw_availability, masked_psnr_loss, random_availability
 from training.train_config import TrainConfig
@@ -50,18 +57,44 @@ class Stage2Task:
             logits = prior(encoder_input(inputs, available))
         return logits.float(), targets
 
+    def straight_through_codes(self, logits: Tensor) -> Tensor:
+        """Codes ``[B, D, h, w]``: the decoded (rounded) levels forward, the expected levels' gradient backward."""
+        codes = []
+        for group, count in zip(split_logits(logits, self.model.cfg.levels), self.model.cfg.levels, strict=True):
+            exceed = monotone_exceedance(group)
+            rounded, expected = (exceed > 0.5).sum(dim=1).float(), exceed.sum(dim=1)
+            level = rounded + (expected - expected.detach())
+            codes.append((level - count // 2) / (count // 2))
+        return torch.stack(codes, dim=1)
+
+    def _image_loss(self, logits: Tensor, inputs: Tensor, images: Tensor, available: Tensor) -> Tensor:
+        x_in = encoder_input(inputs, available)
+        with torch.no_grad(), autocast(self.dist):
+            features = self.model.common_encoder(x_in)
+        with autocast(self.dist):
+            recon = self.model.decoder(self.straight_through_codes(logits).to(features.dtype), features)
+        return self.cfg.lambda_missing * masked_psnr_loss(recon, images, ~available)
+
     def train_step(self, batch: dict[str, Tensor], step: int, generator: torch.Generator) -> dict[str, float]:
         images = batch["image"]
+        inputs = batch.get("input", images)
         available = draw_availability(images, self.cfg, step, generator)
-        logits, targets = self._logits_and_targets(images, batch.get("input", images), available, self.prior)
+        logits, targets = self._logits_and_targets(images, inputs, available, self.prior)
         cfg = self.model.cfg
-        loss = grading_loss(logits, targets, cfg.levels, cfg.grading)
+        loss = grading = grading_loss(logits, targets, cfg.levels, cfg.grading)
+        figures: dict[str, float] = {}
+        if self.cfg.image_loss_weight > 0:
+            if cfg.grading != "ordinal":
+                raise ValueError("image_loss_weight needs ordinal grading (its expected level)")
+            image = self._image_loss(logits, inputs, images, available)
+            loss = grading + self.cfg.image_loss_weight * image
+            figures = {"loss_grading": grading.item(), "loss_image": image.item()}
         optimizer = self.optimizers["prior"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = clip_and_step(optimizer, self.schedulers["prior"], self.cfg.grad_clip)
         accuracy = grading_accuracy(logits.detach(), targets, cfg.levels, cfg.grading)
-        return {"loss": loss.item(), "code_accuracy": accuracy.item(), "grad_norm": grad_norm}
+        return {"loss": loss.item(), "code_accuracy": accuracy.item(), "grad_norm": grad_norm, **figures}
 
     def validate(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, float]:
         """Grading loss/accuracy and the PSNR of the full inference path on the missing contrasts."""

@@ -85,6 +85,10 @@ class TrainConfig:
     #: One missing-contrast pattern per batch (as the authors: every sample, and every rank, the same) or one per
     #: sample.
     mask_per: str = "batch"
+    #: Stage II only: weight of a PSNR loss (λ_missing-weighted, missing contrasts) on the frozen decoder's output
+    #: from the prior's codes (straight-through: rounded forward, expected level backward), beside the grading
+    #: loss. 0: the paper's grading loss alone.
+    image_loss_weight: float = 0.0
     log_interval: int = 50
     val_interval: int = 2000
     val_batches: int = 8
@@ -102,6 +106,8 @@ class TrainConfig:
             raise ValueError(
                 f"discriminator_schedule must be 'constant' or 'cosine', got {self.discriminator_schedule!r}"
             )
+        if self.image_loss_weight < 0:
+            raise ValueError(f"image_loss_weight must be >= 0, got {self.image_loss_weight}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         if not 0 <= self.min_lr_ratio <= 1:
