@@ -31,6 +31,8 @@ class Stage2Task:
     def __init__(self, model: CodeBrain, cfg: TrainConfig, dist: Distributed) -> None:
         if not isinstance(model, CodeBrain):
             raise TypeError("Stage II trains the prior of a CodeBrain model; the direct baseline has no Stage II")
+        if cfg.image_loss_weight > 0 and model.cfg.grading != "ordinal":
+            raise ValueError("image_loss_weight needs ordinal grading (the expected level carries its gradient)")
         self.cfg, self.dist = cfg, dist
         self.model = model.to(dist.device).eval()  # Stage I parts stay frozen (and in eval mode)
         self.model.requires_grad_(False)
@@ -59,13 +61,12 @@ class Stage2Task:
 
     def straight_through_codes(self, logits: Tensor) -> Tensor:
         """Codes ``[B, D, h, w]``: the decoded (rounded) levels forward, the expected levels' gradient backward."""
-        codes = []
-        for group, count in zip(split_logits(logits, self.model.cfg.levels), self.model.cfg.levels, strict=True):
+        levels = []
+        for group in split_logits(logits, self.model.cfg.levels):
             exceed = monotone_exceedance(group)
             rounded, expected = (exceed > 0.5).sum(dim=1).float(), exceed.sum(dim=1)
-            level = rounded + (expected - expected.detach())
-            codes.append((level - count // 2) / (count // 2))
-        return torch.stack(codes, dim=1)
+            levels.append(rounded + (expected - expected.detach()))
+        return self.model.quantizer.levels_to_codes(torch.stack(levels, dim=1))
 
     def _image_loss(self, logits: Tensor, inputs: Tensor, images: Tensor, available: Tensor) -> Tensor:
         x_in = encoder_input(inputs, available)
@@ -84,8 +85,6 @@ class Stage2Task:
         loss = grading = grading_loss(logits, targets, cfg.levels, cfg.grading)
         figures: dict[str, float] = {}
         if self.cfg.image_loss_weight > 0:
-            if cfg.grading != "ordinal":
-                raise ValueError("image_loss_weight needs ordinal grading (its expected level)")
             image = self._image_loss(logits, inputs, images, available)
             loss = grading + self.cfg.image_loss_weight * image
             figures = {"loss_grading": grading.item(), "loss_image": image.item()}

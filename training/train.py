@@ -82,7 +82,9 @@ def train(
 ) -> TrainResult:
     """Train Stage 1 or 2 of CodeBrain (or the direct baseline, ``arch="direct"``, stage 1 only).
 
-    ``from_run``: the Stage I run folder Stage II starts from. ``resume``: continue ``out_dir`` exactly from its
+    ``from_run``: the Stage I run folder Stage II starts from. ``model_config``: Stage I's network (default
+    ``small``); for Stage II None keeps ``from_run``'s, and a config differing from it only in its prior trains a
+    fresh prior of that size on the frozen Stage I. ``resume``: continue ``out_dir`` exactly from its
     last checkpoint, with the settings stored there. ``datasets``: pre-built splits (tests); otherwise built from
     ``data_dir``. ``stop_after_step``: stop (with a checkpoint) as if pre-empted. ``device="cpu"`` forces CPU.
     """
@@ -201,21 +203,19 @@ def _build_model(
 def _with_new_prior(stage1: CodeBrain, wanted: ModelConfig, source: str | Path | None) -> tuple[CodeBrain, ModelConfig]:
     """Stage I of ``stage1`` with a freshly initialised prior of ``wanted``'s size (a wider prior on the same
     frozen Stage I). ``wanted`` may differ from the Stage I network in its prior and name only."""
-    prior_only = {"prior_width_multiplier", "name"}
     have, want = stage1.cfg.to_dict(), wanted.to_dict()
-    differs = sorted(k for k in want if k not in prior_only and want[k] != have[k])
+    differs = sorted(k for k in want if k not in ("prior_width_multiplier", "name") and want[k] != have[k])
     if differs:
         raise ValueError(
             f"Stage II keeps the Stage I network of {source}; --model may change only the prior "
-            f"({sorted(prior_only - {'name'})}), but {wanted.name} differs in {differs}"
+            f"(prior_width_multiplier), but {wanted.name} differs in {differs}"
         )
     if stage1.cfg.prior_dim == wanted.prior_dim:
         return stage1, replace(stage1.cfg, name=wanted.name)
-    model = CodeBrain(wanted)
-    stage1_state = {k: v for k, v in stage1.state_dict().items() if not k.startswith("prior_encoder.")}
-    missing, unexpected = model.load_state_dict(stage1_state, strict=False)
-    if unexpected or any(not k.startswith("prior_encoder.") for k in missing):
-        raise RuntimeError(f"Stage I weights of {source} do not fit {wanted.name}: {missing + unexpected}")
+    model = CodeBrain(wanted)  # same Stage I shapes (checked above): its weights load, the prior stays fresh
+    model.load_state_dict(
+        {k: v for k, v in stage1.state_dict().items() if not k.startswith("prior_encoder.")}, strict=False
+    )
     return model, wanted
 
 

@@ -3,6 +3,8 @@ gradient backward; with it on, a step still changes only the prior and reports b
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -45,3 +47,9 @@ def test_a_step_with_the_image_term_trains_only_the_prior(model_cfg):
 def test_the_image_weight_cannot_be_negative():
     with pytest.raises(ValueError, match="image_loss_weight"):
         TrainConfig(image_loss_weight=-1.0)
+
+
+def test_the_image_term_needs_ordinal_grading(model_cfg):
+    classification = replace(model_cfg, grading="classification")
+    with pytest.raises(ValueError, match="ordinal"):
+        Stage2Task(CodeBrain(classification), TrainConfig(image_loss_weight=1e-3), setup_distributed("cpu"))
