@@ -38,11 +38,13 @@ from training.loop import (
 )
 from training.stage1 import Stage1Task
 from training.stage2 import Stage2Task
+from training.stage3 import Stage3Task
 from training.train_config import TrainConfig
 
 log = logging.getLogger("training.train")
 
 ARCHITECTURES = ("codebrain", "direct")
+STAGE_TASKS = {1: Stage1Task, 2: Stage2Task, 3: Stage3Task}
 
 
 class Splits(Protocol):
@@ -80,22 +82,25 @@ def train(
     stop_after_step: int | None = None,
     device: str | None = None,
 ) -> TrainResult:
-    """Train Stage 1 or 2 of CodeBrain (or the direct baseline, ``arch="direct"``, stage 1 only).
+    """Train Stage 1, 2 or 3 of CodeBrain (or the direct baseline, ``arch="direct"``, stage 1 only).
 
-    ``from_run``: the Stage I run folder Stage II starts from. ``model_config``: Stage I's network (default
-    ``small``); for Stage II None keeps ``from_run``'s, and a config differing from it only in its prior trains a
-    fresh prior of that size on the frozen Stage I. ``resume``: continue ``out_dir`` exactly from its
-    last checkpoint, with the settings stored there. ``datasets``: pre-built splits (tests); otherwise built from
-    ``data_dir``. ``stop_after_step``: stop (with a checkpoint) as if pre-empted. ``device="cpu"`` forces CPU.
+    ``from_run``: the Stage I run folder Stage II starts from (Stage III: the Stage II run or checkpoint).
+    ``model_config``: Stage I's network (default ``small``); for Stage II None keeps ``from_run``'s, and a config
+    differing from it only in its prior trains a fresh prior of that size on the frozen Stage I. ``resume``:
+    continue ``out_dir`` exactly from its last checkpoint, with the settings stored there. ``datasets``: pre-built
+    splits (tests); otherwise built from ``data_dir``. ``stop_after_step``: stop (with a checkpoint) as if
+    pre-empted. ``device="cpu"`` forces CPU.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
-    if stage not in (1, 2):
-        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    if stage not in STAGE_TASKS:
+        raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
     if arch == "direct" and stage != 1:
         raise ValueError("the direct-regression baseline is trained in one stage: use --stage 1")
     if stage == 2 and from_run is None and not resume:
         raise ValueError("Stage II starts from a Stage I run: pass --from RUN_DIR")
+    if stage == 3 and not resume and (from_run is None or model_config is not None):
+        raise ValueError("Stage III fits the decoder of a trained CodeBrain model: pass --from RUN_DIR, no --model")
     out_dir = Path(out_dir)
     if gpus is not None and gpus > 1 and "LOCAL_RANK" not in os.environ:
         return _relaunch_with_torchrun(
@@ -143,7 +148,7 @@ def train(
             if data_dir is None:
                 raise ValueError("no data: pass --data DIR")
             datasets = datasets_for_model(Path(data_dir), model_cfg, split, cfg.data.cache_dir)
-        task = Stage2Task(model, cfg, dist) if stage == 2 else Stage1Task(model, cfg, dist)
+        task = STAGE_TASKS[stage](model, cfg, dist)
         run_info: dict[str, Any] = {
             "stage": stage,
             "arch": arch,
@@ -183,12 +188,12 @@ def _build_model(
     spec: str | Path | ModelConfig | None,
     from_run: str | Path | None,
 ) -> tuple[CodeBrain | DirectRegression, ModelConfig]:
-    """Stage II: the Stage I run's network (its config wins); otherwise a fresh network of the chosen config.
+    """Stage II and III: the earlier run's network (its config wins); otherwise a fresh network of the chosen config.
 
     ``from_run`` is a Stage I run folder or an inference checkpoint itself (for example the shipped weights, whose
     prior Stage II then fine-tunes on new data with their Stage I frozen).
     """
-    if stage == 2:
+    if stage in (2, 3):
         if stored is not None:  # resuming: the checkpoint restores every weight; only the architecture is needed
             return CodeBrain(stored), stored
         source = Path(from_run)  # type: ignore[arg-type]  # train() refuses Stage II without --from or --resume
@@ -285,13 +290,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m training", description="Train CodeBrain (Stage I/II) or the direct baseline."
+        prog="python -m training", description="Train CodeBrain (Stage I/II/III) or the direct baseline."
     )
-    parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--stage", type=int, choices=tuple(STAGE_TASKS), required=True)
     parser.add_argument("--config", type=Path, help="training TOML (configs/train/*.toml)")
     parser.add_argument("--data", type=Path, help="dataset folder")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--from", dest="from_run", type=Path, help="Stage I run folder (Stage II)")
+    parser.add_argument("--from", dest="from_run", type=Path, help="the earlier stage's run folder (Stage II, III)")
     parser.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint")
     parser.add_argument("--gpus", type=int, default=None, help="launch K processes with torchrun")
     parser.add_argument("--model", default=None, help=MODEL_HELP)

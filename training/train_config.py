@@ -1,8 +1,9 @@
 """Training settings: everything the trainer needs that is *not* the architecture (that is ``ModelConfig``).
 
-A TOML file has a ``[train]`` table (shared by every stage), optional ``[stage1]`` / ``[stage2]`` / ``[direct]``
-tables whose keys override ``[train]`` for that stage (Stage II usually wants its own steps and learning rate),
-an ``[augment]`` table and a ``[data]`` table. Unknown keys are refused so a typo never trains with a default.
+A TOML file has a ``[train]`` table (shared by every stage), optional ``[stage1]`` / ``[stage2]`` / ``[stage3]`` /
+``[direct]`` tables whose keys override ``[train]`` for that stage (Stage II usually wants its own steps and
+learning rate), an ``[augment]`` table and a ``[data]`` table. Unknown keys are refused so a typo never trains with
+a default.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from codebrain_node.imaging.brain_extraction import BRAIN_EXTRACTION_METHODS
 
-STAGE_TABLES = {1: "stage1", 2: "stage2"}
+STAGE_TABLES = {1: "stage1", 2: "stage2", 3: "stage3"}
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path, stage: int | str = 1) -> TrainConfig:
-        """Read ``[train]`` merged with the stage's own table (``stage1``, ``stage2`` or ``direct``)."""
+        """Read ``[train]`` merged with the stage's own table (``stage1``, ``stage2``, ``stage3`` or ``direct``)."""
         path = Path(path)
         with path.open("rb") as handle:
             raw = tomllib.load(handle)

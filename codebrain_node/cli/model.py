@@ -48,7 +48,13 @@ def phantom(
 
 @app.command("train")
 def train(
-    stage: Annotated[int, typer.Option(help="1: codes + decoder (posterior/common encoders); 2: prior encoder.")],
+    stage: Annotated[
+        int,
+        typer.Option(
+            help="1: codes + decoder (posterior/common encoders); 2: prior encoder; "
+            "3: common encoder + decoder fitted to the prior's codes."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, metrics.jsonl, curves.png, model).")],
     config: Annotated[
         str | None,
@@ -56,7 +62,8 @@ def train(
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder (BraTS, IXI or mapped layout).")] = None,
     from_run: Annotated[
-        Path | None, typer.Option("--from", help="Stage I run folder or inference checkpoint (for --stage 2).")
+        Path | None,
+        typer.Option("--from", help="The earlier stage's run folder or inference checkpoint (--stage 2, 3)."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out from its last checkpoint, exactly.")] = False,
     gpus: Annotated[int | None, typer.Option(help="Launch K processes with torchrun (DDP).")] = None,
@@ -69,11 +76,11 @@ def train(
     arch: Annotated[str, typer.Option(help="codebrain, or direct (the regression baseline).")] = "codebrain",
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
 ) -> None:
-    """Train CodeBrain Stage I or II (or the direct baseline); torchrun-ready for several GPUs."""
+    """Train CodeBrain Stage I, II or III (or the direct baseline); torchrun-ready for several GPUs."""
     from training.train import train as run_train
 
-    if stage not in (1, 2):
-        raise typer.BadParameter("--stage must be 1 or 2")
+    if stage not in (1, 2, 3):
+        raise typer.BadParameter("--stage must be 1, 2 or 3")
     result = run_train(
         stage,
         config,
