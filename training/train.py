@@ -134,8 +134,6 @@ def train(
     try:
         torch.manual_seed(cfg.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         model, model_cfg = _build_model(stage, arch, model_cfg, model_config, from_run)
-        if stage == 3 and cfg.prior_codes and cfg.prior_codes != model_cfg.prior_codes:
-            model_cfg = model.cfg = replace(model_cfg, prior_codes=cfg.prior_codes)  # what the decoder will read
         size = cfg.data.size or model_cfg.image_size
         assignment = read_split_file(cfg.data.split_file) if cfg.data.split_file else None
         split = SubjectSplit(

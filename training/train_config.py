@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from codebrain_node.imaging.brain_extraction import BRAIN_EXTRACTION_METHODS
-from codebrain_node.model.config import PRIOR_CODES
 
 STAGE_TABLES = {1: "stage1", 2: "stage2", 3: "stage3"}
 
@@ -91,9 +90,6 @@ class TrainConfig:
     #: from the prior's codes (straight-through: rounded forward, expected level backward), beside the grading
     #: loss. 0: the paper's grading loss alone.
     image_loss_weight: float = 0.0
-    #: Stage III only: the codes the decoder is fitted to and will read at inference, "rounded" (the paper's
-    #: decoded levels) or "expected" (the prior's expected levels); stored in the model's config. "": unchanged.
-    prior_codes: str = ""
     log_interval: int = 50
     val_interval: int = 2000
     val_batches: int = 8
@@ -111,8 +107,6 @@ class TrainConfig:
             raise ValueError(
                 f"discriminator_schedule must be 'constant' or 'cosine', got {self.discriminator_schedule!r}"
             )
-        if self.prior_codes not in ("", *PRIOR_CODES):
-            raise ValueError(f"prior_codes must be one of {PRIOR_CODES} or empty, got {self.prior_codes!r}")
         if self.image_loss_weight < 0:
             raise ValueError(f"image_loss_weight must be >= 0, got {self.image_loss_weight}")
         if self.steps < 1 or self.batch_size < 1:

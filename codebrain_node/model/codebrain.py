@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from codebrain_node.model.config import ModelConfig
 from codebrain_node.model.fsq import FSQ
-from codebrain_node.model.grading import decode_grades, expected_levels
+from codebrain_node.model.grading import decode_grades
 from codebrain_node.model.nafnet import Decoder, Encoder
 
 DOWNSAMPLING = 8
@@ -199,12 +199,8 @@ class CodeBrain(_Imputer):
         return self.prior_encoder(encoder_input(images, available))
 
     def decode_prior(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """Prior logits → (codes the decoder reads, probability of each decoded level) — both ``[B, D, h, w]``.
-        The codes are the decoded levels' (the paper's) or, with ``prior_codes = "expected"``, the expected
-        levels' (:func:`expected_levels`)."""
+        """Prior logits → (codes, probability of each decoded level) — both ``[B, D, h, w]``."""
         levels, probability = decode_grades(logits, self.cfg.levels, self.cfg.grading)
-        if self.cfg.prior_codes == "expected":
-            levels = expected_levels(logits, self.cfg.levels, self.cfg.grading)
         return self.quantizer.levels_to_codes(levels), probability
 
     # --- inference -------------------------------------------------------------------------------------------

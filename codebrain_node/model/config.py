@@ -26,9 +26,6 @@ from typing import Any
 from codebrain_node.contrasts import Contrast
 
 GRADING_MODES = ("ordinal", "classification")
-#: What the decoder reads from the prior at inference: the decoded (rounded) levels, as the paper, or their
-#: expected values under the prior's grading distribution (beyond the paper; a decoder fitted to them in Stage III).
-PRIOR_CODES = ("rounded", "expected")
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,6 @@ class ModelConfig:
     discriminator_dim: int = 64
     name: str = "custom"
     prior_width_multiplier: int | None = None  # the prior encoder's width (× naf_dim); None: width_multiplier
-    prior_codes: str = "rounded"  # see PRIOR_CODES
 
     def __post_init__(self) -> None:
         contrasts = tuple(Contrast.parse(str(c)).value for c in self.contrasts)
@@ -65,8 +61,6 @@ class ModelConfig:
             raise ValueError(f"every FSQ level must be >= 2, got {list(self.levels)}")
         if self.grading not in GRADING_MODES:
             raise ValueError(f"grading must be one of {GRADING_MODES}, got {self.grading!r}")
-        if self.prior_codes not in PRIOR_CODES:
-            raise ValueError(f"prior_codes must be one of {PRIOR_CODES}, got {self.prior_codes!r}")
         if len(blocks) != 3 or min(blocks) < 0:
             raise ValueError(f"stage_blocks must be 3 counts >= 0 (full, 1/2, 1/4 size), got {self.stage_blocks}")
         for key in ("naf_dim", "width_multiplier", "discriminator_dim"):

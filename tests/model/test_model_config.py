@@ -55,7 +55,6 @@ def test_aliases_and_top_level_toml(tmp_path: Path) -> None:
         ({"grading": "softmax"}, "grading"),
         ({"naf_dimm": 3}, "unknown model config"),
         ({"prior_width_multiplier": 0}, "prior_width_multiplier"),
-        ({"prior_codes": "soft"}, "prior_codes"),
         ({"contrasts": ["T1", "DWI"]}, "unknown contrast"),
     ],
 )

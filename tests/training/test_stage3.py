@@ -3,8 +3,6 @@ codes it decodes are the served codes, and a run from a Stage II model leaves a 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 
@@ -58,26 +56,3 @@ def test_stage3_needs_a_trained_model_and_no_other_architecture(tmp_path, fast_t
         train(3, fast_toml, None, tmp_path / "s3", datasets=splits)
     with pytest.raises(ValueError, match="no --model"):
         train(3, fast_toml, None, tmp_path / "s3", from_run=tmp_path, model_config=model_cfg, datasets=splits)
-
-
-def test_stage3_with_expected_codes_serves_what_it_was_fitted_to(tmp_path, fast_toml, model_cfg, splits):
-    """``prior_codes = "expected"`` in [stage3]: the decoder trains on the prior's expected levels and the shipped
-    config says so, so the engine decodes the same (not rounded) codes; the prior's confidence is unchanged."""
-    train(1, fast_toml, None, tmp_path / "s1", model_config=model_cfg, datasets=splits)
-    text = fast_toml.read_text() + '\n[stage3]\nprior_codes = "expected"\n'
-    expected_toml = tmp_path / "expected.toml"
-    expected_toml.write_text(text)
-    result = train(3, expected_toml, None, tmp_path / "s3", from_run=tmp_path / "s1", datasets=splits)
-    served = load_inference_checkpoint(result.inference_checkpoint)
-    assert served.cfg.prior_codes == "expected"
-    logits = torch.randn(1, served.cfg.grading_channels, 4, 4)
-    codes, probability = served.decode_prior(logits)
-    rounded, same_probability = CodeBrain(replace(served.cfg, prior_codes="rounded")).decode_prior(logits)
-    assert torch.equal(probability, same_probability)
-    assert not torch.equal(codes, rounded)  # random logits hesitate: the expected codes fall between levels
-    assert (codes - rounded).abs().max() < 1.0  # …within a level of the decoded one
-
-
-def test_an_unknown_prior_codes_setting_is_refused():
-    with pytest.raises(ValueError, match="prior_codes"):
-        TrainConfig(prior_codes="soft")
