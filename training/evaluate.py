@@ -106,6 +106,11 @@ def per_pattern(values: Tensor, patterns: int) -> Tensor:
     return repeated.contiguous(memory_format=torch.channels_last) if channels_last else repeated
 
 
+#: How much larger the least confident fifth's errors must be than the most confident fifth's before a map may be
+#: shown to a radiologist as confidence (issue #13); below it a model ships with the confidence output off.
+CONFIDENCE_MIN_RATIO = 1.5
+
+
 class ConfidenceTally:
     """Brain-pixel absolute errors of the missing contrasts, binned by the model's confidence at that pixel.
 
@@ -137,7 +142,8 @@ class ConfidenceTally:
             self.slice_mae.append(float(wrong.mean()))
 
     def summary(self, groups: int = 5) -> dict[str, Any]:
-        """MAE ×1000 per confidence group (least confident first), mean confidence, slice rank correlation."""
+        """MAE ×1000 per confidence group (least confident first), mean confidence, slice rank correlation, and
+        whether the least confident group's error is :data:`CONFIDENCE_MIN_RATIO` times the most confident's."""
         total = float(self.counts.sum())
         if total == 0:
             return {}
@@ -149,12 +155,16 @@ class ConfidenceTally:
             share.append(count / total)
             mae_by_group.append(1000 * float(self.error_sums[low:high].sum()) / count if count else float("nan"))
         centres = (torch.arange(self.bins, dtype=torch.float64) + 0.5) / self.bins
+        ratio = mae_by_group[0] / mae_by_group[-1] if mae_by_group[-1] > 0 else float("nan")
         return {
             "mean_confidence": float((self.counts * centres).sum() / total),
             "mae_by_confidence_group": mae_by_group,
             "pixel_share_by_group": share,
             "slice_spearman_confidence_vs_mae": spearman(self.slice_confidence, self.slice_mae),
             "slice_pairs": len(self.slice_mae),
+            "least_vs_most_confident": ratio,
+            "worth_showing_at": CONFIDENCE_MIN_RATIO,
+            "worth_showing": bool(ratio >= CONFIDENCE_MIN_RATIO),
         }
 
 

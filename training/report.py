@@ -108,6 +108,9 @@ def format_confidence(confidence: dict[str, Any] | None) -> list[str]:
         f"  MAE x1000 by confidence group, {len(groups)} groups of ~equal size, least confident first: {cells}",
         f"  rank correlation of a slice's mean confidence with its MAE: "
         f"{confidence['slice_spearman_confidence_vs_mae']:+.3f} over {confidence['slice_pairs']} (slice, target) pairs",
+        f"  least / most confident group: {confidence['least_vs_most_confident']:.2f}x "
+        f"({'at least' if confidence['worth_showing'] else 'below'} the {confidence['worth_showing_at']}x "
+        "a map needs before it is shown as confidence)",
     ]
 
 
@@ -116,6 +119,15 @@ def plot_confidence(confidence: dict[str, Any], png_path: Path) -> Path:
     groups = confidence["mae_by_confidence_group"]
     figure, axis = plt.subplots(figsize=(5, 3.2))
     axis.bar(range(1, len(groups) + 1), groups, color="tab:purple")
+    bar = confidence["worth_showing_at"] * groups[-1]  # where the least confident bar must reach to mean something
+    axis.axhline(bar, color="black", linestyle="--", linewidth=1)
+    axis.annotate(
+        f"{confidence['worth_showing_at']}x the most confident",
+        (0.5, bar),
+        xytext=(0, 3),
+        textcoords="offset points",
+        fontsize=8,
+    )
     axis.set_xlabel("confidence group (1 = least confident)")
     axis.set_ylabel("brain MAE x1000")
     axis.set_title(f"Error by confidence (slice rank corr. {confidence['slice_spearman_confidence_vs_mae']:+.2f})")

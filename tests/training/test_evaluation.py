@@ -16,6 +16,7 @@ from standin_data import make_splits, tiny_model_config
 from codebrain_node.model import CodeBrain, DirectRegression, save_inference_checkpoint
 from training.baselines import NearestContrast
 from training.evaluate import (
+    CONFIDENCE_MIN_RATIO,
     ConfidenceTally,
     ImputerMethod,
     NearestMethod,
@@ -342,7 +343,9 @@ def test_evaluate_reports_confidence_for_a_model_that_has_it(tmp_path, capsys):
     slices_times_targets = result.slices * sum(len(contrasts) - len(p) for p in missing_patterns(3))
     assert result.confidence["slice_pairs"] == slices_times_targets  # counted once, not again for the grid
     assert len(result.confidence["mae_by_confidence_group"]) == 5
-    assert "rank correlation of a slice's mean confidence" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rank correlation of a slice's mean confidence" in out
+    assert "least / most confident group:" in out and f"{CONFIDENCE_MIN_RATIO}x" in out
     assert (tmp_path / "eval" / "confidence.png").stat().st_size > 0
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["confidence"] == result.confidence
 
@@ -367,3 +370,13 @@ def test_shipped_weights_keep_the_run_s_split_so_split_test_needs_no_split_file(
     metadata = read_checkpoint_metadata(shipped)
     assert metadata["model_version"] == "9.9" and SubjectSplit.from_json(metadata["data_split"], 32) == split
     assert shipped.name in (tmp_path / "weights" / "SHA256SUMS").read_text()
+
+
+def test_confidence_tally_says_whether_the_map_is_worth_showing():
+    """The least confident fifth must carry CONFIDENCE_MIN_RATIO times the most confident fifth's error."""
+    generator = torch.Generator().manual_seed(0)
+    confidence = torch.rand(6, 16, 16, generator=generator)
+    steep = _tally_of(confidence, 1.0 - confidence)  # errors 0.9 against 0.1: far above the bar
+    assert steep["least_vs_most_confident"] > CONFIDENCE_MIN_RATIO and steep["worth_showing"]
+    flat = _tally_of(confidence, 0.5 - 0.1 * confidence)  # 0.49 against 0.41: ordered, but only 1.2x
+    assert 1.0 < flat["least_vs_most_confident"] < CONFIDENCE_MIN_RATIO and not flat["worth_showing"]
