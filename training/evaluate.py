@@ -164,7 +164,6 @@ class ConfidenceTally:
             "slice_pairs": len(self.slice_mae),
             "least_vs_most_confident": ratio,
             "worth_showing_at": CONFIDENCE_MIN_RATIO,
-            "worth_showing": bool(ratio >= CONFIDENCE_MIN_RATIO),
         }
 
 

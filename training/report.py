@@ -109,7 +109,8 @@ def format_confidence(confidence: dict[str, Any] | None) -> list[str]:
         f"  rank correlation of a slice's mean confidence with its MAE: "
         f"{confidence['slice_spearman_confidence_vs_mae']:+.3f} over {confidence['slice_pairs']} (slice, target) pairs",
         f"  least / most confident group: {confidence['least_vs_most_confident']:.2f}x "
-        f"({'at least' if confidence['worth_showing'] else 'below'} the {confidence['worth_showing_at']}x "
+        f"({'at least' if confidence['least_vs_most_confident'] >= confidence['worth_showing_at'] else 'below'} "
+        f"the {confidence['worth_showing_at']}x "
         "a map needs before it is shown as confidence)",
     ]
 

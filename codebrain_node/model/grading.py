@@ -95,20 +95,6 @@ def decode_grades(logits: Tensor, level_counts: Sequence[int], mode: str = "ordi
     return torch.stack(levels, dim=1), torch.stack(probabilities, dim=1)
 
 
-def expected_levels(logits: Tensor, level_counts: Sequence[int], mode: str = "ordinal") -> Tensor:
-    """Logits → the expected level of each code entry, float ``[B, D, h, w]``: Σ_j p̃_j (ordinal; the mean of
-    the distribution :func:`decode_grades` reads) or Σ_k k·softmax_k (classification). Between two levels where
-    the prior hesitates, so a decoder fed these values sees its uncertainty."""
-    expected = []
-    for group in split_logits(logits, level_counts, mode):
-        if mode == "ordinal":
-            expected.append(monotone_exceedance(group).sum(dim=1))
-        else:
-            ranks = torch.arange(group.shape[1], device=group.device, dtype=torch.float32).view(1, -1, 1, 1)
-            expected.append((torch.softmax(group.float(), dim=1) * ranks).sum(dim=1))
-    return torch.stack(expected, dim=1)
-
-
 def grading_accuracy(logits: Tensor, levels: Tensor, level_counts: Sequence[int], mode: str = "ordinal") -> Tensor:
     """Fraction of code entries whose decoded level is exactly right (a Stage II progress figure)."""
     predicted, _ = decode_grades(logits, level_counts, mode)

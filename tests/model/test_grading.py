@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from codebrain_node.model import decode_grades, grading_loss, ordinal_targets
-from codebrain_node.model.grading import expected_levels, split_logits
+from codebrain_node.model.grading import split_logits
 
 LEVELS = (8, 8, 8, 5, 5, 5)
 
@@ -84,17 +84,3 @@ def test_classification_variant_round_trip() -> None:
 def test_wrong_logit_count_is_refused() -> None:
     with pytest.raises(ValueError, match="33 logits"):
         decode_grades(torch.zeros(1, 32, 1, 1), LEVELS, "ordinal")
-
-
-def test_expected_level_lies_between_the_levels_the_prior_hesitates_between() -> None:
-    """Confident logits give the decoded level itself; an even split between levels 1 and 2 gives 1.5."""
-    k = _all_levels_map(LEVELS)
-    confident = (ordinal_targets(k, LEVELS) * 2 - 1) * 12.0
-    assert torch.allclose(expected_levels(confident, LEVELS), k.float(), atol=1e-3)
-    hesitant = torch.tensor([9.0, 0.0, -9.0, -9.0]).view(1, 4, 1, 1)  # P(k>0)≈1, P(k>1)=0.5, P(k>2)≈0 (L = 5)
-    assert float(expected_levels(hesitant, (5,))) == pytest.approx(1.5, abs=1e-3)
-
-
-def test_expected_level_of_the_classification_variant_is_the_softmax_mean() -> None:
-    logits = torch.tensor([0.0, 0.0, -50.0]).view(1, 3, 1, 1)  # levels 0 and 1 equally likely (L = 3)
-    assert float(expected_levels(logits, (3,), "classification")) == pytest.approx(0.5, abs=1e-4)

@@ -377,6 +377,6 @@ def test_confidence_tally_says_whether_the_map_is_worth_showing():
     generator = torch.Generator().manual_seed(0)
     confidence = torch.rand(6, 16, 16, generator=generator)
     steep = _tally_of(confidence, 1.0 - confidence)  # errors 0.9 against 0.1: far above the bar
-    assert steep["least_vs_most_confident"] > CONFIDENCE_MIN_RATIO and steep["worth_showing"]
+    assert steep["least_vs_most_confident"] > steep["worth_showing_at"] == CONFIDENCE_MIN_RATIO
     flat = _tally_of(confidence, 0.5 - 0.1 * confidence)  # 0.49 against 0.41: ordered, but only 1.2x
-    assert 1.0 < flat["least_vs_most_confident"] < CONFIDENCE_MIN_RATIO and not flat["worth_showing"]
+    assert 1.0 < flat["least_vs_most_confident"] < flat["worth_showing_at"] == CONFIDENCE_MIN_RATIO
