@@ -102,16 +102,15 @@ def format_confidence(confidence: dict[str, Any] | None) -> list[str]:
         return []
     groups = confidence["mae_by_confidence_group"]
     cells = "  ".join(f"{value:.1f}" for value in groups)
+    ratio, bar = confidence["least_vs_most_confident"], confidence["worth_showing_at"]
     return [
         "",
         f"Confidence (CodeBrain, brain pixels of missing contrasts; mean {confidence['mean_confidence']:.3f}):",
         f"  MAE x1000 by confidence group, {len(groups)} groups of ~equal size, least confident first: {cells}",
         f"  rank correlation of a slice's mean confidence with its MAE: "
         f"{confidence['slice_spearman_confidence_vs_mae']:+.3f} over {confidence['slice_pairs']} (slice, target) pairs",
-        f"  least / most confident group: {confidence['least_vs_most_confident']:.2f}x "
-        f"({'at least' if confidence['least_vs_most_confident'] >= confidence['worth_showing_at'] else 'below'} "
-        f"the {confidence['worth_showing_at']}x "
-        "a map needs before it is shown as confidence)",
+        f"  least / most confident group: {ratio:.2f}x ({'at least' if ratio >= bar else 'below'} the {bar}x a map "
+        "needs before it is shown as confidence)",
     ]
 
 

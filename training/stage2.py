@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from codebrain_node.model import CodeBrain, encoder_input, grading_accuracy, grading_loss
-from codebrain_node.model.grading import monotone_exceedance, split_logits
+from codebrain_node.model.grading import monotone_exceedance, ordinal_level, split_logits
 from training.loop import Distributed, autocast, clip_and_step, make_adamw, make_cosine_schedule, wrap_ddp
 from training.stage1 import draw_availability, masked_psnr_loss, random_availability
 from training.train_config import TrainConfig
@@ -64,7 +64,7 @@ class Stage2Task:
         levels = []
         for group in split_logits(logits, self.model.cfg.levels):
             exceed = monotone_exceedance(group)
-            rounded, expected = (exceed > 0.5).sum(dim=1).float(), exceed.sum(dim=1)
+            rounded, expected = ordinal_level(exceed).float(), exceed.sum(dim=1)
             levels.append(rounded + (expected - expected.detach()))
         return self.model.quantizer.levels_to_codes(torch.stack(levels, dim=1))
 

@@ -75,13 +75,19 @@ def monotone_exceedance(logits_group: Tensor) -> Tensor:
     return torch.cummin(torch.sigmoid(logits_group.float()), dim=1).values
 
 
+def ordinal_level(exceedance: Tensor) -> Tensor:
+    """One channel's decoded level from its monotone exceedances: how many thresholds it passes (p̃_j > 0.5).
+    The one rule the served codes and Stage II's straight-through codes share."""
+    return (exceedance > 0.5).sum(dim=1)
+
+
 def decode_grades(logits: Tensor, level_counts: Sequence[int], mode: str = "ordinal") -> tuple[Tensor, Tensor]:
     """Logits → ``(levels long [B, D, h, w], probability of each decoded level float [B, D, h, w])``."""
     levels, probabilities = [], []
     for group in split_logits(logits, level_counts, mode):
         if mode == "ordinal":
             exceed = monotone_exceedance(group)
-            level = (exceed > 0.5).sum(dim=1)
+            level = ordinal_level(exceed)
             ones = torch.ones_like(exceed[:, :1])
             padded = torch.cat([ones, exceed, torch.zeros_like(ones)], dim=1)  # p̃_{-1}=1 … p̃_{L-1}=0
             upper = padded.gather(1, level.unsqueeze(1))
